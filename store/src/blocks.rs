@@ -31,6 +31,12 @@ impl<T: BlockRead + ?Sized> BlockRead for std::sync::Arc<T> {
     }
 }
 
+impl<T: BlockRead + ?Sized> BlockRead for Box<T> {
+    fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        (**self).read_block(cid)
+    }
+}
+
 impl<T: BlockWrite + ?Sized> BlockWrite for &mut T {
     fn write_block(&mut self, cid: Cid, data: &[u8]) -> Result<(), StoreError> {
         (**self).write_block(cid, data)

@@ -4,10 +4,17 @@
 
 pub mod block;
 pub mod blocks;
+pub mod car;
+mod gc;
 pub mod links;
+mod pack;
+mod pins;
 pub mod store;
+pub mod unixfs;
 
 pub use blocks::{BlockRead, BlockWrite, MemoryBlocks, NullBlocks};
 pub use bytes::Bytes;
 pub use cid::Cid;
-pub use store::StoreError;
+pub use gc::GcStats;
+pub use pins::{Pin, PinMode};
+pub use store::{IndexEntry, RepoStat, Session, Store, StoreError, StoreOptions, INLINE_LIMIT};

@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn truncated_git_tree_is_an_error() {
-        let obj = b"tree 12\0100644 a\0abc".to_vec();
+        let obj = b"tree 12\x00100644 a\x00abc".to_vec();
         let cid = cid_for(GIT_RAW, &obj);
         assert!(links(&cid, &obj).is_err());
     }
