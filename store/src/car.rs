@@ -8,7 +8,7 @@
 //! v1 payload lies) is read by skipping to that payload.
 
 use crate::block::{self, BlockError, IDENTITY, MAX_BLOCK_SIZE, MAX_CID_BYTES};
-use crate::links::{links, LinksError};
+use crate::links::{dag_links, DagLinks, LinksError};
 use crate::{BlockRead, BlockWrite, Bytes, StoreError};
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -154,7 +154,8 @@ pub fn export<R: BlockRead, W: Write>(r: &R, root: &Cid, mut w: W) -> Result<Car
         stats.blocks += 1;
         stats.block_bytes += data.len() as u64;
         stats.car_bytes += (frame.len() + data.len()) as u64;
-        let children = links(&cid, &data)?;
+        let DagLinks { children, covered } = dag_links(&cid, &data)?;
+        seen.extend(covered);
         pending.extend(children.into_iter().rev());
     }
     w.flush()?;

@@ -117,15 +117,15 @@ impl Store {
         let mut reachable = HashSet::new();
         pins::walk(roots, &mut reachable, |cid| {
             if cid.codec() == block::RAW {
-                return Ok(Vec::new());
+                return Ok(links::DagLinks::default());
             }
             let Some(data) = self.read_in(&blocks, cid)? else {
-                return Ok(Vec::new());
+                return Ok(links::DagLinks::default());
             };
-            Ok(links::links(cid, &data).unwrap_or_else(|e| {
+            Ok(links::dag_links(cid, &data).unwrap_or_else(|e| {
                 // Hash-correct but malformed: it cannot name anything.
                 tracing::warn!(%cid, error = %e, "gc: block has unreadable links; treating it as a leaf");
-                Vec::new()
+                links::DagLinks::default()
             }))
         })?;
         let mut garbage = Vec::new();

@@ -46,6 +46,37 @@ pub fn links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>, LinksError> {
     Ok(out)
 }
 
+/// What a DAG walk does with one block: visit `children`; treat `covered` as
+/// present without looking for blocks. A Nix path-info (dag-cbor) covers the
+/// git-raw CIDs of its large blobs: git trees name those by SHA-1, but their
+/// bytes live in the UnixFS file the path-info's `blobs` map links to, and no
+/// git-raw block of that name exists (DESIGN.md, I-11).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DagLinks {
+    pub children: Vec<Cid>,
+    pub covered: Vec<Cid>,
+}
+
+/// [`links`] and the CIDs the block covers; every DAG walk uses this.
+pub fn dag_links(cid: &Cid, data: &[u8]) -> Result<DagLinks, LinksError> {
+    let mut covered = Vec::new();
+    if cid.codec() == DAG_CBOR {
+        let ipld: Ipld = serde_ipld_dagcbor::from_slice(data)
+            .map_err(|e| LinksError::DagCbor { cid: *cid, reason: e.to_string() })?;
+        if let Ok(Some(Ipld::List(blobs))) = ipld.get("blobs") {
+            for blob in blobs {
+                if let Ok(Some(Ipld::Link(git))) = blob.get("git") {
+                    if git.codec() == GIT_RAW {
+                        covered.push(*git);
+                    }
+                }
+            }
+        }
+    }
+    let children = links(cid, data)?.into_iter().filter(|c| !covered.contains(c)).collect();
+    Ok(DagLinks { children, covered })
+}
+
 /// The git-raw CID of a 20-byte SHA-1 object id.
 pub fn git_cid(sha1: &[u8; 20]) -> Cid {
     Cid::new_v1(
@@ -153,6 +184,22 @@ mod tests {
         obj.extend_from_slice(&body);
         let cid = cid_for(GIT_RAW, &obj);
         assert_eq!(links(&cid, &obj).expect("valid"), vec![git_cid(&[1u8; 20])]);
+    }
+
+    #[test]
+    fn path_info_blobs_are_covered_not_children() {
+        let git = git_cid(&[7u8; 20]);
+        let unixfs = cid_for(RAW, b"contents");
+        let mut blob = std::collections::BTreeMap::new();
+        blob.insert("git".to_string(), Ipld::Link(git));
+        blob.insert("unixfs".to_string(), Ipld::Link(unixfs));
+        let mut map = std::collections::BTreeMap::new();
+        map.insert("blobs".to_string(), Ipld::List(vec![Ipld::Map(blob)]));
+        let data = serde_ipld_dagcbor::to_vec(&Ipld::Map(map)).expect("encode");
+        let cid = cid_for(DAG_CBOR, &data);
+        let dag = dag_links(&cid, &data).expect("links");
+        assert_eq!(dag.covered, vec![git]);
+        assert_eq!(dag.children, vec![unixfs]);
     }
 
     #[test]

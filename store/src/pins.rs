@@ -2,6 +2,7 @@
 //! registry of temporary pins held by write sessions, and the DAG walk that
 //! both the pin completeness check and the GC mark phase use.
 
+use crate::links::DagLinks;
 use crate::store::StoreError;
 use cid::Cid;
 use serde::Serialize;
@@ -135,11 +136,14 @@ impl TempPins {
 pub(crate) fn walk(
     roots: impl IntoIterator<Item = Cid>,
     visited: &mut HashSet<Cid>,
-    mut links_of: impl FnMut(&Cid) -> Result<Vec<Cid>, StoreError>,
+    mut links_of: impl FnMut(&Cid) -> Result<DagLinks, StoreError>,
 ) -> Result<(), StoreError> {
     let mut stack: Vec<Cid> = roots.into_iter().filter(|c| visited.insert(*c)).collect();
     while let Some(cid) = stack.pop() {
-        for link in links_of(&cid)? {
+        let DagLinks { children, covered } = links_of(&cid)?;
+        // Covered CIDs have no block of their own: never look for them.
+        visited.extend(covered.into_iter().map(crate::store::normalize));
+        for link in children {
             let link = crate::store::normalize(link);
             if visited.insert(link) {
                 stack.push(link);

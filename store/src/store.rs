@@ -675,14 +675,14 @@ impl Store {
         pins::walk([*cid], &mut visited, |cid| {
             if cid.codec() == RAW {
                 return match Self::present_in(blocks, cid)? {
-                    true => Ok(Vec::new()),
+                    true => Ok(links::DagLinks::default()),
                     false => Err(StoreError::Missing(*cid)),
                 };
             }
             let data = self
                 .read_in(blocks, cid)?
                 .ok_or(StoreError::Missing(*cid))?;
-            Ok(links::links(cid, &data)?)
+            Ok(links::dag_links(cid, &data)?)
         })
     }
 
