@@ -1,7 +1,7 @@
 //! The path-info object: one DAG-CBOR block per Nix store path carrying the
 //! Nix metadata (store path, NAR hash and size, references as links to the
 //! referenced path-infos, signatures, deriver, CA) plus the root of the git
-//! tree DAG and the large-blob map. Field-by-field description: bridge/PATHINFO.md.
+//! tree DAG and the large-blob map. Field-by-field description: DESIGN.md, "The path-info object".
 //! Encoding and decoding share one validation, and decoding also requires the
 //! canonical encoding, so one path-info has exactly one CID.
 
@@ -90,7 +90,7 @@ pub struct LargeBlob {
     pub size: u64,
 }
 
-/// One store path's metadata and DAG root (see bridge/PATHINFO.md).
+/// One store path's metadata and DAG root (see DESIGN.md, "The path-info object").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
     /// Full store path.
