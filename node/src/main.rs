@@ -1,1 +1,210 @@
-fn main() {}
+//! The `ipnix` command line. Every command except `init` and `daemon` runs
+//! either in this process on the repo's store, or, when a daemon holds the
+//! repo, inside that daemon through its control API (same code, see
+//! `ipnix_node::http::api`), which also lets `cat` and `get` fetch from peers.
+
+mod cli;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "ipnix", version, about = "An IPFS peer with a native Nix store bridge")]
+pub struct Cli {
+    /// Repo directory (default: $IPNIX_REPO, else $XDG_DATA_HOME/ipnix, else ~/.local/share/ipnix)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the repo (identity key and empty store)
+    Init,
+    /// Run the peer: libp2p node, Bitswap, DHT, mDNS, HTTP API, gateway and Nix binary cache
+    Daemon(DaemonArgs),
+    /// Add a file or directory as UnixFS
+    Add(AddArgs),
+    /// Print a UnixFS file
+    Cat {
+        cid: String,
+    },
+    /// Write a UnixFS file or directory to a path
+    Get {
+        cid: String,
+        /// Where to write it
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: PathBuf,
+    },
+    /// Raw blocks
+    #[command(subcommand)]
+    Block(BlockCommand),
+    /// Pins keep blocks from garbage collection
+    #[command(subcommand)]
+    Pin(PinCommand),
+    /// Remove every block not reachable from a pin
+    Gc,
+    /// The repo itself
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// DAGs as CAR files
+    #[command(subcommand)]
+    Dag(DagCommand),
+    /// This node's peer id and addresses
+    Id,
+    /// Connected peers (needs the daemon)
+    Peers,
+    /// Connect to a peer (needs the daemon)
+    Connect {
+        multiaddr: String,
+    },
+    /// Announce a CID on the DHT (needs the daemon)
+    Provide {
+        cid: String,
+    },
+    /// Find providers of a CID on the DHT (needs the daemon)
+    Findprovs {
+        cid: String,
+        /// Stop after this many providers
+        #[arg(short = 'n', long = "num-providers", default_value_t = 20)]
+        num: usize,
+    },
+    /// Nix store paths as git-tree DAGs
+    #[command(subcommand)]
+    Nix(NixCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/4801 and /ip4/0.0.0.0/udp/4801/quic-v1)
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// HTTP address for the API, gateway, Nix binary cache and metrics
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4880")]
+    pub http: String,
+    /// Do not discover LAN peers with mDNS
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Peers to connect to at start (repeatable)
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Also join the public Amino DHT (/ipfs/kad/1.0.0) with its bootstrap peers
+    #[arg(long)]
+    pub public: bool,
+    /// Private network: only peers holding this key (Kubo swarm.key format) connect; TCP only
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// Sign narinfos served by the binary cache with this Nix secret key (name:base64)
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Add directories recursively
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Print only the root CID
+    #[arg(short = 'Q', long)]
+    pub quieter: bool,
+    /// DAG layout: unixfs-v1-2025 (CIDv1, raw leaves, 1 MiB chunks) or unixfs-v0-2015 (Kubo's legacy CIDv0)
+    #[arg(long, default_value = "unixfs-v1-2025")]
+    pub profile: String,
+    /// Pin the result (--pin=false to leave it unpinned)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub pin: bool,
+    /// File or directory; `-` reads a file from stdin
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlockCommand {
+    /// Store a block read from FILE (or stdin) and print its CID
+    Put {
+        file: Option<PathBuf>,
+        /// Codec of the block: raw, dag-pb, dag-cbor, git-raw
+        #[arg(long = "cid-codec", default_value = "raw")]
+        codec: String,
+    },
+    /// Write a block's bytes to stdout
+    Get { cid: String },
+    /// Size of a block
+    Stat { cid: String },
+    /// Delete blocks (pinned ones are refused)
+    Rm {
+        #[arg(required = true)]
+        cids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinCommand {
+    /// Pin a DAG (recursive) or one block (--recursive=false)
+    Add {
+        cid: String,
+        #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        recursive: bool,
+        /// A name for the pin
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a pin
+    Rm { cid: String },
+    /// List pins
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Blocks, bytes and disk use
+    Stat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagCommand {
+    /// Write a CAR v1 of the DAG under CID to stdout
+    Export { cid: String },
+    /// Import every block of a CAR file (`-` for stdin) and pin its roots
+    Import {
+        file: PathBuf,
+        /// Pin the roots named in the CAR header
+        #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        pin_roots: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NixCommand {
+    /// Import store paths as git-tree DAGs with path-info
+    Import {
+        /// Also import every path they reference, dependencies first
+        #[arg(long)]
+        closure: bool,
+        /// Read narinfo and NAR from this binary cache (file:// or http://) instead of the local store
+        #[arg(long, value_name = "URL")]
+        from_cache: Option<String>,
+        #[arg(required = true, value_name = "STOREPATH")]
+        paths: Vec<String>,
+    },
+    /// Write a store path back as a NAR or a directory
+    Export {
+        /// A store path (or its hash part) or a path-info CID
+        path: String,
+        /// Write the NAR to this file (`-` for stdout)
+        #[arg(long, value_name = "FILE", conflicts_with = "dir")]
+        nar: Option<PathBuf>,
+        /// Materialise the tree under this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Path-info CID, root CID, SWHID, NAR hash and size, references
+    Info { path: String },
+}
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -1,1 +1,6 @@
-//! test harness
+//! Shared helpers for the workspace integration tests: running the `ipnix`
+//! binary, starting real Kubo and Helia peers, skipping with a printed reason.
+
+pub mod cli;
+pub mod nix;
+pub mod peers;

@@ -1,0 +1,799 @@
+//! The Bitswap client: this node's wants and, per peer, which of them that
+//! peer holds (at most `max_wants_per_peer`, the rest wait in a backlog), what
+//! it answered, and the wantlist updates still to send to it.
+//!
+//! Strategy per want: want-block (with send-dont-have) to one peer, chosen
+//! among those that recently delivered blocks and then by fewest outstanding
+//! want-blocks, and want-have to the other peers; a HAVE becomes a want-block
+//! when nobody is fetching the block; DONT_HAVE or a timeout moves the
+//! want-block on. Everything here is bounded by the number of wants times
+//! the number of connected peers.
+
+use super::handler::{Entry, OutMessage};
+use super::stats::Stats;
+use super::wire::{Presence, WantType};
+use super::{Event, Version, WantError, WantFailure, WantId, WantOptions};
+use bytes::Bytes;
+use cid::Cid;
+use libp2p::PeerId;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A peer that delivered a block this recently is preferred for want-blocks.
+const RECENT_SUPPLIER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub(crate) struct ClientLimits {
+    pub max_wants: usize,
+    pub max_wants_per_peer: usize,
+    pub have_timeout: Duration,
+    pub block_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Want {
+    id: WantId,
+    targets: Vec<PeerId>,
+    send_dont_have: bool,
+    /// Peers holding an entry for this want.
+    asked: Vec<PeerId>,
+    /// The peer a want-block is outstanding at.
+    block_peer: Option<PeerId>,
+    failure_reported: bool,
+}
+
+impl Want {
+    fn targets(&self, peer: &PeerId) -> bool {
+        self.targets.is_empty() || self.targets.contains(peer)
+    }
+
+    fn priority(&self) -> i32 {
+        // Older wants first, as a DAG walk wants them.
+        i32::MAX - (self.id.0 % (i32::MAX as u64)) as i32
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AskState {
+    Waiting,
+    Have,
+    DontHave,
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Ask {
+    want_type: WantType,
+    state: AskState,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct ClientPeer {
+    /// False once the peer is known not to speak Bitswap.
+    usable: bool,
+    version: Option<Version>,
+    sent: HashMap<Cid, Ask>,
+    backlog: VecDeque<Cid>,
+    backlogged: HashSet<Cid>,
+    /// Entries recently removed from `sent`: blocks for them are late, not unsolicited.
+    recent: VecDeque<Cid>,
+    recent_set: HashSet<Cid>,
+    pending: HashMap<Cid, Entry>,
+    send_full: bool,
+    block_asks: usize,
+    last_block: Option<Instant>,
+}
+
+impl ClientPeer {
+    fn new() -> Self {
+        Self {
+            usable: true,
+            version: None,
+            sent: HashMap::new(),
+            backlog: VecDeque::new(),
+            backlogged: HashSet::new(),
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+            pending: HashMap::new(),
+            send_full: false,
+            block_asks: 0,
+            last_block: None,
+        }
+    }
+
+    fn remember(&mut self, cid: Cid, cap: usize) {
+        if self.recent_set.insert(cid) {
+            self.recent.push_back(cid);
+            while self.recent.len() > cap {
+                if let Some(old) = self.recent.pop_front() {
+                    self.recent_set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Removes `cid` from what the peer holds; `cancel` tells the peer.
+    fn forget(&mut self, cid: Cid, cancel: bool, cap: usize) {
+        if let Some(ask) = self.sent.remove(&cid) {
+            if ask.want_type == WantType::Block && ask.state == AskState::Waiting {
+                self.block_asks = self.block_asks.saturating_sub(1);
+            }
+            self.remember(cid, cap);
+            if cancel {
+                self.pending.insert(
+                    cid,
+                    Entry {
+                        cid,
+                        priority: 0,
+                        cancel: true,
+                        want_type: WantType::Block,
+                        send_dont_have: false,
+                    },
+                );
+            } else {
+                self.pending.remove(&cid);
+            }
+        }
+    }
+
+    fn is_recent_supplier(&self, now: Instant) -> bool {
+        self.last_block
+            .is_some_and(|at| now.duration_since(at) < RECENT_SUPPLIER)
+    }
+}
+
+/// How a received block was taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BlockVerdict {
+    Delivered,
+    Duplicate,
+    Unsolicited,
+}
+
+pub(crate) struct Client {
+    limits: ClientLimits,
+    stats: Arc<Stats>,
+    wants: HashMap<Cid, Want>,
+    peers: HashMap<PeerId, ClientPeer>,
+    next_id: u64,
+    /// Peers with wantlist updates to send.
+    dirty: HashSet<PeerId>,
+    events: VecDeque<Event>,
+}
+
+impl Client {
+    pub(crate) fn new(limits: ClientLimits, stats: Arc<Stats>) -> Self {
+        Self {
+            limits,
+            stats,
+            wants: HashMap::new(),
+            peers: HashMap::new(),
+            next_id: 0,
+            dirty: HashSet::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn wants(&self) -> usize {
+        self.wants.len()
+    }
+
+    pub(crate) fn is_wanted(&self, cid: &Cid) -> bool {
+        self.wants.contains_key(cid)
+    }
+
+    pub(crate) fn pop_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether we have entries at this peer (keeps the connection alive).
+    pub(crate) fn has_asks(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| !p.sent.is_empty() || !p.backlog.is_empty())
+    }
+
+    pub(crate) fn want(&mut self, cid: Cid, options: WantOptions) -> Result<WantId, WantError> {
+        ipnix_store::block::check_cid(&cid)
+            .map_err(|error| WantError::Unsupported(Box::new(error)))?;
+        if let Some(want) = self.wants.get_mut(&cid) {
+            let id = want.id;
+            let widened = if want.targets.is_empty() || options.peers.is_empty() {
+                let was_narrow = !want.targets.is_empty();
+                want.targets.clear();
+                was_narrow
+            } else {
+                let before = want.targets.len();
+                for peer in options.peers {
+                    if !want.targets.contains(&peer) {
+                        want.targets.push(peer);
+                    }
+                }
+                want.targets.len() != before
+            };
+            want.send_dont_have |= options.send_dont_have;
+            if widened {
+                let peers: Vec<PeerId> = self
+                    .usable_peers()
+                    .filter(|p| self.wants[&cid].targets(p))
+                    .collect();
+                for peer in peers {
+                    self.ask(cid, peer);
+                }
+            }
+            return Ok(id);
+        }
+        if self.wants.len() >= self.limits.max_wants {
+            return Err(WantError::TooManyWants(self.limits.max_wants));
+        }
+        let id = WantId(self.next_id);
+        self.next_id += 1;
+        let want = Want {
+            id,
+            targets: options.peers,
+            send_dont_have: options.send_dont_have,
+            asked: Vec::new(),
+            block_peer: None,
+            failure_reported: false,
+        };
+        let candidates: Vec<PeerId> = self.usable_peers().filter(|p| want.targets(p)).collect();
+        self.wants.insert(cid, want);
+        if candidates.is_empty() {
+            self.report_failure(cid, WantFailure::NoPeers);
+            return Ok(id);
+        }
+        if let Some(best) = self.best_peer(&candidates) {
+            self.ask(cid, best);
+        }
+        for peer in candidates {
+            self.ask(cid, peer);
+        }
+        Ok(id)
+    }
+
+    /// Withdraws a want; true if it existed.
+    pub(crate) fn cancel(&mut self, cid: &Cid) -> bool {
+        match self.wants.remove(cid) {
+            Some(want) => {
+                self.release(*cid, &want, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn usable_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.usable)
+            .map(|(id, _)| *id)
+    }
+
+    fn best_peer(&self, candidates: &[PeerId]) -> Option<PeerId> {
+        let now = Instant::now();
+        candidates
+            .iter()
+            .filter_map(|id| self.peers.get(id).map(|p| (id, p)))
+            .min_by_key(|(_, p)| (!p.is_recent_supplier(now), p.block_asks))
+            .map(|(id, _)| *id)
+    }
+
+    fn report_failure(&mut self, cid: Cid, reason: WantFailure) {
+        if let Some(want) = self.wants.get_mut(&cid) {
+            if !want.failure_reported {
+                want.failure_reported = true;
+                self.events.push_back(Event::WantFailed { cid, reason });
+            }
+        }
+    }
+
+    /// Puts a want on a peer's wantlist: want-block if nobody is fetching the
+    /// block yet, else want-have; into the backlog if the peer's list is full.
+    fn ask(&mut self, cid: Cid, peer_id: PeerId) {
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if !peer.usable {
+            return;
+        }
+        let fetch_here = want.block_peer.is_none();
+        if let Some(ask) = peer.sent.get_mut(&cid) {
+            let answered_no = matches!(ask.state, AskState::DontHave | AskState::TimedOut);
+            if fetch_here && ask.want_type == WantType::Have && !answered_no {
+                ask.want_type = WantType::Block;
+                ask.state = AskState::Waiting;
+                ask.at = Instant::now();
+                peer.block_asks += 1;
+                want.block_peer = Some(peer_id);
+                peer.pending
+                    .insert(cid, entry_for(cid, want, WantType::Block));
+                self.dirty.insert(peer_id);
+            }
+            return;
+        }
+        if peer.sent.len() >= self.limits.max_wants_per_peer {
+            if peer.backlogged.insert(cid) {
+                peer.backlog.push_back(cid);
+            }
+            return;
+        }
+        // Peers before 1.2.0 read a want-have as a want-block anyway.
+        let old_protocol = peer.version.is_some_and(|v| v < Version::V1_2_0);
+        let want_type = if fetch_here || old_protocol {
+            WantType::Block
+        } else {
+            WantType::Have
+        };
+        peer.sent.insert(
+            cid,
+            Ask {
+                want_type,
+                state: AskState::Waiting,
+                at: Instant::now(),
+            },
+        );
+        peer.pending.insert(cid, entry_for(cid, want, want_type));
+        if want_type == WantType::Block {
+            peer.block_asks += 1;
+        }
+        if fetch_here {
+            want.block_peer = Some(peer_id);
+        }
+        if !want.asked.contains(&peer_id) {
+            want.asked.push(peer_id);
+        }
+        want.failure_reported = false;
+        self.dirty.insert(peer_id);
+    }
+
+    /// Removes a finished or cancelled want from every peer holding it
+    /// (telling them, except `except`, which already dropped it), then fills
+    /// the freed slots from the backlogs.
+    fn release(&mut self, cid: Cid, want: &Want, except: Option<PeerId>) {
+        let cap = self.limits.max_wants_per_peer;
+        for peer_id in &want.asked {
+            if let Some(peer) = self.peers.get_mut(peer_id) {
+                peer.forget(cid, Some(*peer_id) != except, cap);
+                self.dirty.insert(*peer_id);
+            }
+        }
+        for peer_id in want.asked.clone() {
+            self.fill_backlog(peer_id);
+        }
+    }
+
+    fn fill_backlog(&mut self, peer_id: PeerId) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
+                return;
+            };
+            if peer.sent.len() >= self.limits.max_wants_per_peer {
+                return;
+            }
+            let Some(cid) = peer.backlog.pop_front() else {
+                return;
+            };
+            peer.backlogged.remove(&cid);
+            if self.wants.contains_key(&cid) {
+                self.ask(cid, peer_id);
+            }
+        }
+    }
+
+    /// Moves a want forward after a peer declined or timed out.
+    fn advance(&mut self, cid: Cid) {
+        let Some(want) = self.wants.get(&cid) else {
+            return;
+        };
+        if want.block_peer.is_some() {
+            return;
+        }
+        let haves: Vec<PeerId> = want
+            .asked
+            .iter()
+            .filter(|id| {
+                self.peers
+                    .get(id)
+                    .and_then(|p| p.sent.get(&cid))
+                    .is_some_and(|ask| ask.state == AskState::Have)
+            })
+            .copied()
+            .collect();
+        if let Some(best) = self.best_peer(&haves) {
+            self.ask(cid, best);
+            return;
+        }
+        let waiting = want.asked.iter().any(|id| {
+            self.peers
+                .get(id)
+                .and_then(|p| p.sent.get(&cid))
+                .is_some_and(|ask| ask.state == AskState::Waiting)
+        });
+        let backlogged = self.peers.values().any(|p| p.backlogged.contains(&cid));
+        if !waiting && !backlogged {
+            let asked = want.asked.len();
+            let reason = if asked == 0 {
+                WantFailure::NoPeers
+            } else {
+                WantFailure::NotFound { asked }
+            };
+            self.report_failure(cid, reason);
+        }
+    }
+
+    /// Takes a verified block from `from`.
+    pub(crate) fn on_block(&mut self, from: PeerId, cid: Cid, data: Bytes) -> BlockVerdict {
+        let now = Instant::now();
+        if let Some(peer) = self.peers.get_mut(&from) {
+            if peer.sent.contains_key(&cid) || self.wants.contains_key(&cid) {
+                peer.last_block = Some(now);
+            }
+        }
+        if let Some(want) = self.wants.remove(&cid) {
+            self.release(cid, &want, Some(from));
+            Stats::add(&self.stats.blocks_received, 1);
+            Stats::add(&self.stats.block_bytes_received, data.len() as u64);
+            self.events.push_back(Event::Block { cid, data, from });
+            return BlockVerdict::Delivered;
+        }
+        let known = self
+            .peers
+            .get(&from)
+            .is_some_and(|p| p.sent.contains_key(&cid) || p.recent_set.contains(&cid));
+        if known {
+            Stats::add(&self.stats.duplicate_blocks, 1);
+            Stats::add(&self.stats.duplicate_bytes, data.len() as u64);
+            BlockVerdict::Duplicate
+        } else {
+            Stats::add(&self.stats.unwanted_blocks, 1);
+            Stats::add(&self.stats.unwanted_bytes, data.len() as u64);
+            BlockVerdict::Unsolicited
+        }
+    }
+
+    pub(crate) fn on_presence(&mut self, from: PeerId, cid: Cid, presence: Presence) {
+        match presence {
+            Presence::Have => Stats::add(&self.stats.haves_received, 1),
+            Presence::DontHave => Stats::add(&self.stats.dont_haves_received, 1),
+        }
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Some(ask) = peer.sent.get_mut(&cid) else {
+            return;
+        };
+        match presence {
+            Presence::Have => {
+                if ask.state == AskState::Waiting && ask.want_type == WantType::Block {
+                    // Still waiting for the block itself.
+                } else {
+                    ask.state = AskState::Have;
+                }
+                self.events.push_back(Event::Have { cid, from });
+                if want.block_peer.is_none() {
+                    self.ask(cid, from);
+                }
+            }
+            Presence::DontHave => {
+                if ask.want_type == WantType::Block && ask.state == AskState::Waiting {
+                    peer.block_asks = peer.block_asks.saturating_sub(1);
+                }
+                ask.state = AskState::DontHave;
+                if want.block_peer == Some(from) {
+                    want.block_peer = None;
+                }
+                self.events.push_back(Event::DontHave { cid, from });
+                self.advance(cid);
+            }
+        }
+    }
+
+    /// Times out unanswered asks; call about once a second.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let mut moved = Vec::new();
+        for (cid, want) in self.wants.iter_mut() {
+            for peer_id in &want.asked {
+                let Some(peer) = self.peers.get_mut(peer_id) else {
+                    continue;
+                };
+                let Some(ask) = peer.sent.get_mut(cid) else {
+                    continue;
+                };
+                if ask.state != AskState::Waiting {
+                    continue;
+                }
+                let limit = match ask.want_type {
+                    WantType::Block => self.limits.block_timeout,
+                    WantType::Have => self.limits.have_timeout,
+                };
+                if now.duration_since(ask.at) < limit {
+                    continue;
+                }
+                ask.state = AskState::TimedOut;
+                if ask.want_type == WantType::Block {
+                    peer.block_asks = peer.block_asks.saturating_sub(1);
+                    if want.block_peer == Some(*peer_id) {
+                        want.block_peer = None;
+                    }
+                }
+                moved.push(*cid);
+            }
+        }
+        for cid in moved {
+            self.advance(cid);
+        }
+    }
+
+    /// A connection to a peer we had no connection to: send it our wants.
+    pub(crate) fn peer_connected(&mut self, peer_id: PeerId) {
+        if self.peers.contains_key(&peer_id) {
+            return;
+        }
+        self.peers.insert(peer_id, ClientPeer::new());
+        self.ask_everything(peer_id);
+    }
+
+    fn ask_everything(&mut self, peer_id: PeerId) {
+        let cids: Vec<Cid> = self
+            .wants
+            .iter()
+            .filter(|(_, want)| want.targets(&peer_id))
+            .map(|(cid, _)| *cid)
+            .collect();
+        for cid in cids {
+            self.ask(cid, peer_id);
+        }
+    }
+
+    /// Identify told us the peer's protocols, or stream negotiation failed.
+    pub(crate) fn set_usable(&mut self, peer_id: PeerId, usable: bool) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer.usable == usable {
+            return;
+        }
+        if usable {
+            peer.usable = true;
+            self.ask_everything(peer_id);
+        } else {
+            self.drop_peer_state(peer_id);
+            let mut fresh = ClientPeer::new();
+            fresh.usable = false;
+            self.peers.insert(peer_id, fresh);
+        }
+    }
+
+    pub(crate) fn set_version(&mut self, peer_id: PeerId, version: Version) {
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            peer.version = Some(version);
+        }
+    }
+
+    /// The last connection to the peer closed.
+    pub(crate) fn peer_disconnected(&mut self, peer_id: PeerId) {
+        self.drop_peer_state(peer_id);
+    }
+
+    fn drop_peer_state(&mut self, peer_id: PeerId) {
+        let Some(peer) = self.peers.remove(&peer_id) else {
+            return;
+        };
+        self.dirty.remove(&peer_id);
+        let mut affected: Vec<Cid> = peer.sent.keys().copied().collect();
+        affected.extend(peer.backlog.iter().copied());
+        for cid in affected {
+            if let Some(want) = self.wants.get_mut(&cid) {
+                want.asked.retain(|id| *id != peer_id);
+                if want.block_peer == Some(peer_id) {
+                    want.block_peer = None;
+                }
+                self.advance(cid);
+            }
+        }
+    }
+
+    /// A message to this peer was lost: resend the whole wantlist next.
+    pub(crate) fn on_send_failed(&mut self, peer_id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            if peer.usable {
+                peer.send_full = true;
+                self.dirty.insert(peer_id);
+            }
+        }
+    }
+
+    /// Peers with updates to send.
+    pub(crate) fn dirty_peers(&self) -> Vec<PeerId> {
+        self.dirty.iter().copied().collect()
+    }
+
+    /// The wantlist update for a peer, if any.
+    pub(crate) fn take_message(&mut self, peer_id: PeerId) -> Option<OutMessage> {
+        self.dirty.remove(&peer_id);
+        let peer = self.peers.get_mut(&peer_id)?;
+        let mut message = OutMessage::default();
+        if peer.send_full {
+            peer.send_full = false;
+            peer.pending.clear();
+            message.full = true;
+            for (cid, ask) in &peer.sent {
+                if let Some(want) = self.wants.get(cid) {
+                    message.entries.push(entry_for(*cid, want, ask.want_type));
+                }
+            }
+        } else {
+            message.entries = peer.pending.drain().map(|(_, entry)| entry).collect();
+        }
+        (!message.is_empty()).then_some(message)
+    }
+}
+
+fn entry_for(cid: Cid, want: &Want, want_type: WantType) -> Entry {
+    Entry {
+        cid,
+        priority: want.priority(),
+        cancel: false,
+        want_type,
+        send_dont_have: want.send_dont_have,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnix_store::block::{cid_for, RAW};
+
+    fn client() -> Client {
+        Client::new(
+            ClientLimits {
+                max_wants: 10,
+                max_wants_per_peer: 2,
+                have_timeout: Duration::from_secs(5),
+                block_timeout: Duration::from_secs(10),
+            },
+            Arc::new(Stats::default()),
+        )
+    }
+
+    fn entries(client: &mut Client, peer: PeerId) -> Vec<(Cid, WantType, bool)> {
+        let mut out: Vec<_> = client
+            .take_message(peer)
+            .map(|m| {
+                m.entries
+                    .into_iter()
+                    .map(|e| (e.cid, e.want_type, e.cancel))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|(cid, ..)| cid.to_bytes());
+        out
+    }
+
+    #[test]
+    fn one_want_block_then_haves_then_block_moves_on_dont_have() {
+        let mut client = client();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        client.peer_connected(a);
+        client.peer_connected(b);
+        let cid = cid_for(RAW, b"x");
+        client.want(cid, WantOptions::default()).expect("want");
+        let to_a = entries(&mut client, a);
+        let to_b = entries(&mut client, b);
+        let kinds: Vec<WantType> = to_a.iter().chain(&to_b).map(|(_, kind, _)| *kind).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == WantType::Block).count(), 1);
+        assert_eq!(kinds.iter().filter(|k| **k == WantType::Have).count(), 1);
+        let (block_peer, other) = if to_a[0].1 == WantType::Block {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        client.on_presence(other, cid, Presence::Have);
+        client.on_presence(block_peer, cid, Presence::DontHave);
+        assert_eq!(
+            entries(&mut client, other),
+            vec![(cid, WantType::Block, false)]
+        );
+        assert_eq!(
+            client.on_block(other, cid, Bytes::from_static(b"x")),
+            BlockVerdict::Delivered
+        );
+        // The first peer is told to cancel; a late copy is a duplicate.
+        assert_eq!(
+            entries(&mut client, block_peer),
+            vec![(cid, WantType::Block, true)]
+        );
+        assert_eq!(
+            client.on_block(block_peer, cid, Bytes::from_static(b"x")),
+            BlockVerdict::Duplicate
+        );
+        let stranger = cid_for(RAW, b"never asked");
+        assert_eq!(
+            client.on_block(block_peer, stranger, Bytes::from_static(b"never asked")),
+            BlockVerdict::Unsolicited
+        );
+    }
+
+    #[test]
+    fn all_dont_have_reports_not_found_and_new_peers_get_the_want() {
+        let mut client = client();
+        let cid = cid_for(RAW, b"y");
+        client.want(cid, WantOptions::default()).expect("want");
+        assert!(matches!(
+            client.pop_event(),
+            Some(Event::WantFailed {
+                reason: WantFailure::NoPeers,
+                ..
+            })
+        ));
+        let a = PeerId::random();
+        client.peer_connected(a);
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
+        client.on_presence(a, cid, Presence::DontHave);
+        assert!(matches!(client.pop_event(), Some(Event::DontHave { .. })));
+        assert!(matches!(
+            client.pop_event(),
+            Some(Event::WantFailed {
+                reason: WantFailure::NotFound { asked: 1 },
+                ..
+            })
+        ));
+        let b = PeerId::random();
+        client.peer_connected(b);
+        assert_eq!(entries(&mut client, b), vec![(cid, WantType::Block, false)]);
+    }
+
+    #[test]
+    fn per_peer_cap_backlogs_and_fills_on_completion() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let cids: Vec<Cid> = (0..4u8).map(|i| cid_for(RAW, &[i])).collect();
+        for cid in &cids {
+            client.want(*cid, WantOptions::default()).expect("want");
+        }
+        assert_eq!(entries(&mut client, a).len(), 2);
+        let first = *client.peers[&a].sent.keys().next().expect("one sent");
+        let data = Bytes::from(vec![
+            cids.iter().position(|c| *c == first).expect("known") as u8
+        ]);
+        assert_eq!(client.on_block(a, first, data), BlockVerdict::Delivered);
+        assert_eq!(client.peers[&a].sent.len(), 2, "backlog refilled the slot");
+    }
+
+    #[test]
+    fn timeouts_move_the_want_block() {
+        let mut client = client();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        client.peer_connected(a);
+        client.peer_connected(b);
+        let cid = cid_for(RAW, b"z");
+        client.want(cid, WantOptions::default()).expect("want");
+        let block_peer = client.wants[&cid].block_peer.expect("someone fetches");
+        let other = if block_peer == a { b } else { a };
+        client.on_presence(other, cid, Presence::Have);
+        client.tick(Instant::now() + Duration::from_secs(11));
+        assert_eq!(client.wants[&cid].block_peer, Some(other));
+    }
+
+    #[test]
+    fn disconnect_and_cancel_clean_up() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let cid = cid_for(RAW, b"w");
+        client.want(cid, WantOptions::default()).expect("want");
+        client.peer_disconnected(a);
+        assert!(client.wants[&cid].asked.is_empty());
+        assert!(client.cancel(&cid));
+        assert_eq!(client.wants(), 0);
+    }
+}

@@ -1,0 +1,206 @@
+//! Command dispatch: decides where a command runs (this process or the
+//! daemon), builds the context commands run in, and turns errors into one
+//! clear line on stderr and a non-zero exit code.
+
+mod daemon;
+mod files;
+mod network;
+mod nix;
+mod progress;
+mod remote;
+mod store;
+
+use crate::{Cli, Command};
+use anyhow::Context as _;
+use clap::Parser;
+use ipnix_node::repo::Repo;
+use ipnix_store::Store;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a command runs against.
+pub struct Ctx {
+    pub repo: Repo,
+    pub store: Arc<Store>,
+    /// The libp2p node, when the command runs inside the daemon.
+    pub node: Option<ipnix_node::net::NodeHandle>,
+    /// The daemon's runtime, for commands that talk to the node.
+    pub runtime: Option<tokio::runtime::Handle>,
+    pub json: bool,
+    /// Progress bars go to stderr (only in-process, when stderr is a terminal).
+    pub progress: bool,
+    pub cwd: PathBuf,
+}
+
+impl Ctx {
+    /// A path argument, relative to the caller's working directory.
+    pub fn path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.cwd.join(path)
+        }
+    }
+
+    /// Blocks as commands read them: the local store, and inside the daemon
+    /// also the network, so `cat` and `get` fetch what is missing.
+    pub fn blocks(&self) -> Box<dyn ipnix_store::BlockRead + Send + Sync + '_> {
+        match (&self.node, &self.runtime) {
+            (Some(node), Some(runtime)) => {
+                // NetworkBlocks binds to the runtime it is created in.
+                let _entered = runtime.enter();
+                Box::new(ipnix_node::fetch::NetworkBlocks::new(
+                    self.store.clone(),
+                    Some(node.clone()),
+                    NETWORK_BLOCK_TIMEOUT,
+                ))
+            }
+            _ => Box::new(self.store.clone()),
+        }
+    }
+
+    /// The node, or an error saying the command needs a running daemon.
+    pub fn node(&self) -> anyhow::Result<(&ipnix_node::net::NodeHandle, &tokio::runtime::Handle)> {
+        match (&self.node, &self.runtime) {
+            (Some(node), Some(runtime)) => Ok((node, runtime)),
+            _ => anyhow::bail!(
+                "this command needs the network: start `ipnix daemon` on repo {}",
+                self.repo.root().display()
+            ),
+        }
+    }
+}
+
+/// How long `cat`, `get` and friends wait for a block from peers.
+const NETWORK_BLOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Streams a command reads and writes.
+pub struct Io<'a> {
+    pub stdin: &'a mut dyn Read,
+    pub stdout: &'a mut dyn Write,
+}
+
+/// Entry point of the binary; returns the exit code.
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout and usage errors to stderr itself.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run_cli(cli, &args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_line(&e));
+            1
+        }
+    }
+}
+
+/// One line: the error and its causes.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
+    let root = Repo::locate(cli.repo.as_deref())?;
+    match cli.command {
+        Command::Init => {
+            let repo = Repo::init(&root)?;
+            let peer = repo.identity()?.public().to_peer_id();
+            drop(Store::open(&repo.store_dir())?);
+            if cli.json {
+                println!("{}", serde_json::json!({"repo": root, "peer_id": peer.to_string()}));
+            } else {
+                println!("initialised ipnix repo at {}\npeer identity: {peer}", root.display());
+            }
+            return Ok(0);
+        }
+        Command::Daemon(args) => {
+            let repo = Repo::open_or_init(&root)?;
+            daemon::run(repo, args)?;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let repo = Repo::open_or_init(&root)?;
+    if let Some(url) = repo.read_api() {
+        let forwarded: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        if let Some(code) = remote::run(&url, forwarded, &cli.command)? {
+            return Ok(code);
+        }
+        // Nobody answered: a daemon that died without cleaning up.
+        repo.remove_api();
+    }
+    let store = Store::open(&repo.store_dir())
+        .with_context(|| format!("cannot open the store of repo {}", repo.root().display()))?;
+    let ctx = Ctx {
+        repo,
+        store: Arc::new(store),
+        node: None,
+        runtime: None,
+        json: cli.json,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        cwd: std::env::current_dir().context("the current directory is unreadable")?,
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut stdin = stdin.lock();
+    let mut stdout = std::io::BufWriter::new(stdout.lock());
+    let mut io = Io { stdin: &mut stdin, stdout: &mut stdout };
+    execute(&ctx, cli.command, &mut io)?;
+    stdout.flush().context("cannot write to stdout")?;
+    Ok(0)
+}
+
+/// Runs one parsed command; shared by the in-process path and the daemon.
+pub fn execute(ctx: &Ctx, command: Command, io: &mut Io<'_>) -> anyhow::Result<()> {
+    match command {
+        Command::Init | Command::Daemon(_) => {
+            anyhow::bail!("`init` and `daemon` cannot run inside a running daemon")
+        }
+        Command::Add(args) => files::add(ctx, args, io),
+        Command::Cat { cid } => files::cat(ctx, &cid, io),
+        Command::Get { cid, output } => files::get(ctx, &cid, &output, io),
+        Command::Block(cmd) => store::block(ctx, cmd, io),
+        Command::Pin(cmd) => store::pin(ctx, cmd, io),
+        Command::Gc => store::gc(ctx, io),
+        Command::Repo(cmd) => store::repo(ctx, cmd, io),
+        Command::Dag(cmd) => store::dag(ctx, cmd, io),
+        Command::Id => network::id(ctx, io),
+        Command::Peers => network::peers(ctx, io),
+        Command::Connect { multiaddr } => network::connect(ctx, &multiaddr, io),
+        Command::Provide { cid } => network::provide(ctx, &cid, io),
+        Command::Findprovs { cid, num } => network::findprovs(ctx, &cid, num, io),
+        Command::Nix(cmd) => nix::run(ctx, cmd, io),
+    }
+}
+
+/// Parses a CID argument with a message that says what to do.
+pub fn parse_cid(text: &str) -> anyhow::Result<cid::Cid> {
+    let trimmed = text.trim().trim_start_matches("/ipfs/");
+    let cid = cid::Cid::try_from(trimmed)
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a CID ({e}); expected e.g. bafy... or Qm..."))?;
+    ipnix_store::block::check_cid(&cid).map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
+    Ok(cid)
+}
+
+/// Writes one JSON value as a line.
+pub fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `ipnix id`, `peers`, `connect`, `provide` and `findprovs`: questions for
+//! the libp2p node (all but `id` need the daemon).
+
+use super::{parse_cid, print_json, Ctx, Io};
+use std::time::Duration;
+
+pub fn id(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let (peer, addrs) = match (&ctx.node, &ctx.runtime) {
+        (Some(node), Some(runtime)) => {
+            let addrs = runtime.block_on(node.listen_addrs())?;
+            (node.peer_id(), addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        }
+        // Offline, as Kubo: the identity is known, the addresses are not.
+        _ => (ctx.repo.identity()?.public().to_peer_id(), Vec::new()),
+    };
+    if ctx.json {
+        print_json(
+            io.stdout,
+            &serde_json::json!({"peer_id": peer.to_string(), "addrs": addrs, "agent": agent()}),
+        )
+    } else {
+        writeln!(io.stdout, "{peer}")?;
+        for addr in addrs {
+            writeln!(io.stdout, "{addr}")?;
+        }
+        Ok(())
+    }
+}
+
+fn agent() -> String {
+    format!("ipnix/{}", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn peers(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let (node, runtime) = ctx.node()?;
+    let peers = runtime.block_on(node.peers())?;
+    if ctx.json {
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "peer_id": p.peer_id.to_string(),
+                    "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "agent": p.agent,
+                })
+            })
+            .collect();
+        return print_json(io.stdout, &serde_json::json!({"peers": list}));
+    }
+    for p in peers {
+        match p.addrs.first() {
+            Some(addr) => writeln!(io.stdout, "{addr}/p2p/{}", p.peer_id)?,
+            None => writeln!(io.stdout, "{}", p.peer_id)?,
+        }
+    }
+    Ok(())
+}
+
+pub fn connect(ctx: &Ctx, multiaddr: &str, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let (node, runtime) = ctx.node()?;
+    let addr: libp2p::Multiaddr =
+        multiaddr.parse().map_err(|e| anyhow::anyhow!("{multiaddr:?} is not a multiaddr: {e}"))?;
+    let peer = runtime.block_on(node.connect(addr))?;
+    if ctx.json {
+        print_json(io.stdout, &serde_json::json!({"connected": peer.to_string()}))
+    } else {
+        writeln!(io.stdout, "connect {peer} success")?;
+        Ok(())
+    }
+}
+
+pub fn provide(ctx: &Ctx, cid: &str, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let (node, runtime) = ctx.node()?;
+    let cid = parse_cid(cid)?;
+    if !ctx.store.has(&cid)? {
+        anyhow::bail!("{cid} is not in the store: only local blocks can be provided");
+    }
+    runtime.block_on(node.provide(cid))?;
+    if ctx.json {
+        print_json(io.stdout, &serde_json::json!({"provided": cid.to_string()}))
+    } else {
+        writeln!(io.stdout, "providing {cid}")?;
+        Ok(())
+    }
+}
+
+pub fn findprovs(ctx: &Ctx, cid: &str, num: usize, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let (node, runtime) = ctx.node()?;
+    let cid = parse_cid(cid)?;
+    let providers = runtime.block_on(node.find_providers(cid, num, Duration::from_secs(30)))?;
+    if ctx.json {
+        let list: Vec<_> = providers.iter().map(|peer| peer.to_string()).collect();
+        return print_json(io.stdout, &serde_json::json!({"cid": cid.to_string(), "providers": list}));
+    }
+    for peer in providers {
+        writeln!(io.stdout, "{peer}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! The Nix binary cache inside the daemon: `GET|HEAD /nix-cache-info`,
+//! `/<hash>.narinfo` (looked up in the store-path index that `ipnix nix
+//! import` writes) and `/nar/<path-info CID>.nar`, rendered from blocks as it
+//! streams and checked against the path-info's NAR hash and size: a mismatch
+//! cuts the response short, so a client never receives a complete wrong NAR.
+//! Blocks missing locally are read through the network when a node runs.
+//!
+//! The NAR URL names the path-info CID rather than the NAR hash: the CID
+//! pins down the path-info (and with it the expected NAR hash and size), so
+//! serving a NAR needs no second index and works for path-infos that are
+//! only available from peers.
+
+use crate::fetch::NetworkBlocks;
+use crate::net::NodeHandle;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use cid::Cid;
+use ipnix_bridge::export::{export_nar, load_pathinfo, ExportError};
+use ipnix_bridge::hash::{check_hash_part, DEFAULT_STORE_DIR};
+use ipnix_bridge::narinfo::{NarInfo, SecretKey};
+use ipnix_bridge::PathInfo;
+use ipnix_store::block::DAG_CBOR;
+use ipnix_store::{BlockRead, Store, StoreError};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Store index namespace: store-path hash part (32 nix32 characters, as
+/// bytes) -> path-info CID (bytes). Written by `ipnix nix import` in the same
+/// transaction as the path's pin.
+pub const PATH_INDEX: &str = "nix-path";
+/// Prefix of the pin names `ipnix nix import` gives path-infos.
+pub const PIN_PREFIX: &str = "nix:";
+/// What `/nix-cache-info` says. Priority 30: ahead of cache.nixos.org (40),
+/// as a local cache should be.
+const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n";
+/// Bytes per body chunk of a NAR, and chunks queued ahead of the client.
+const NAR_CHUNK: usize = 256 * 1024;
+const NAR_CHUNKS_AHEAD: usize = 8;
+
+/// The path-info CID the index holds for a store-path hash part.
+pub fn indexed_pathinfo(store: &Store, hash_part: &str) -> Result<Option<Cid>, StoreError> {
+    let Some(bytes) = store.index_get(PATH_INDEX, hash_part.as_bytes())? else {
+        return Ok(None);
+    };
+    match Cid::try_from(bytes.as_slice()) {
+        Ok(cid) => Ok(Some(cid)),
+        Err(e) => {
+            tracing::warn!(
+                "nix cache: index entry for {hash_part} is not a CID ({e}); ignoring it"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The path-info for a hash part, if indexed and readable: `Ok(None)` when
+/// unknown or when its blocks are gone.
+pub fn find_pathinfo<R: BlockRead>(
+    store: &Store,
+    blocks: &R,
+    hash_part: &str,
+) -> Result<Option<(Cid, PathInfo)>, ExportError> {
+    let Some(cid) = indexed_pathinfo(store, hash_part)? else {
+        return Ok(None);
+    };
+    match load_pathinfo(blocks, &cid) {
+        Ok(info) if info.store_path().hash_part() == hash_part => Ok(Some((cid, info))),
+        Ok(info) => {
+            tracing::warn!(
+                "nix cache: index maps {hash_part} to {cid}, the path-info of {}",
+                info.store_path
+            );
+            Ok(None)
+        }
+        Err(ExportError::Missing(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the binary cache reads from and signs with.
+#[derive(Clone)]
+pub struct NixCacheState {
+    store: Arc<Store>,
+    node: Option<NodeHandle>,
+    sign_key: Option<Arc<SecretKey>>,
+    /// How long to wait for a block from peers.
+    fetch_timeout: Duration,
+}
+
+impl std::fmt::Debug for NixCacheState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NixCacheState")
+            .field("online", &self.node.is_some())
+            .field(
+                "sign_key",
+                &self.sign_key.as_ref().map(|k| k.name().to_owned()),
+            )
+            .field("fetch_timeout", &self.fetch_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NixCacheState {
+    /// `node: None` serves local blocks only; `sign_key` adds the node's own
+    /// `Sig:` to every narinfo (upstream signatures are always kept).
+    pub fn new(
+        store: Arc<Store>,
+        node: Option<NodeHandle>,
+        sign_key: Option<Arc<SecretKey>>,
+    ) -> Self {
+        Self {
+            store,
+            node,
+            sign_key,
+            fetch_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Blocks as the cache reads them (store first, then peers). Must be
+    /// called inside the tokio runtime.
+    fn blocks(&self) -> NetworkBlocks {
+        NetworkBlocks::new(self.store.clone(), self.node.clone(), self.fetch_timeout)
+    }
+}
+
+/// `GET|HEAD /nix-cache-info`, `/{hash}.narinfo`, `/nar/{cid}.nar`.
+pub fn router(state: NixCacheState) -> Router {
+    Router::new()
+        .route("/nix-cache-info", get(cache_info))
+        .route("/{file}", get(narinfo))
+        .route("/nar/{file}", get(nar))
+        .with_state(state)
+}
+
+fn text(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    let mut response = (status, format!("{message}\n")).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn cache_info() -> Response {
+    let mut response = CACHE_INFO.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/x-nix-cache-info"),
+    );
+    response
+}
+
+/// The narinfo the cache serves for a path-info.
+pub fn render_narinfo(cid: &Cid, info: &PathInfo, sign_key: Option<&SecretKey>) -> String {
+    let mut narinfo = NarInfo::from_pathinfo(
+        info,
+        nar_url(cid),
+        "none",
+        Some(info.nar_hash.clone()),
+        Some(info.nar_size),
+    );
+    if let Some(key) = sign_key {
+        // Added beside, never instead of, upstream signatures (even one by a
+        // key of the same name).
+        let sig = key.sign(&narinfo.fingerprint());
+        if !narinfo.sigs.contains(&sig) {
+            narinfo.sigs.push(sig);
+            narinfo.sigs.sort();
+        }
+    }
+    narinfo.render()
+}
+
+/// Where a path-info's NAR is, relative to the cache root.
+pub fn nar_url(cid: &Cid) -> String {
+    format!("nar/{cid}.nar")
+}
+
+async fn narinfo(State(state): State<NixCacheState>, Path(file): Path<String>) -> Response {
+    let Some(hash_part) = file.strip_suffix(".narinfo") else {
+        return text(StatusCode::NOT_FOUND, format!("/{file} is not served here"));
+    };
+    if check_hash_part(hash_part).is_err() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{hash_part:?} is not a store path hash"),
+        );
+    }
+    let hash_part = hash_part.to_owned();
+    let blocks = state.blocks();
+    let store = state.store.clone();
+    let lookup = {
+        let hash_part = hash_part.clone();
+        tokio::task::spawn_blocking(move || find_pathinfo(&store, &blocks, &hash_part)).await
+    };
+    let (cid, info) = match lookup {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{hash_part} is not in this cache"),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("nix cache: narinfo {hash_part}: {e}");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if info.store_dir() != DEFAULT_STORE_DIR {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{} is not in {DEFAULT_STORE_DIR}", info.store_path),
+        );
+    }
+    let body = render_narinfo(&cid, &info, state.sign_key.as_deref());
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/x-nix-narinfo"),
+    );
+    response
+}
+
+async fn nar(
+    State(state): State<NixCacheState>,
+    Path(file): Path<String>,
+    method: Method,
+) -> Response {
+    let Some(cid_text) = file.strip_suffix(".nar") else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("/nar/{file}: only uncompressed NARs (.nar) are served"),
+        );
+    };
+    let cid = match Cid::try_from(cid_text) {
+        Ok(cid) if cid.codec() == DAG_CBOR => cid,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("/nar/{file}: NARs are named by path-info CID (dag-cbor)"),
+            )
+        }
+    };
+    let blocks = state.blocks();
+    let loaded = {
+        let blocks = blocks.clone();
+        tokio::task::spawn_blocking(move || load_pathinfo(&blocks, &cid)).await
+    };
+    let info = match loaded {
+        Ok(Ok(info)) => info,
+        Ok(Err(ExportError::Missing(_))) => {
+            return text(StatusCode::NOT_FOUND, format!("{cid} is not available"))
+        }
+        Ok(Err(e @ ExportError::PathInfo(_))) => {
+            return text(StatusCode::NOT_FOUND, format!("{cid}: {e}"))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("nix cache: NAR {cid}: {e}");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let mut response = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(nar_stream(blocks, cid, info.store_path.clone()))
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-nix-nar"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(info.nar_size));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=29030400, immutable"),
+    );
+    response
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// Sends NAR bytes in chunks but always holds the latest full chunk back:
+/// only once the render (and its NAR hash check) succeeded is the rest
+/// released, so a mismatch leaves the client with a truncated body.
+struct HeldBackWriter {
+    buf: Vec<u8>,
+    held: Option<Bytes>,
+    tx: mpsc::Sender<Chunk>,
+}
+
+impl HeldBackWriter {
+    fn send(&self, chunk: Bytes) -> std::io::Result<()> {
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+
+    /// The render succeeded: send what was held back.
+    fn release(mut self) -> std::io::Result<()> {
+        if let Some(held) = self.held.take() {
+            self.send(held)?;
+        }
+        if !self.buf.is_empty() {
+            let rest = Bytes::from(std::mem::take(&mut self.buf));
+            self.send(rest)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for HeldBackWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= NAR_CHUNK {
+            let full = Bytes::from(std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(NAR_CHUNK),
+            ));
+            if let Some(previous) = self.held.replace(full) {
+                self.send(previous)?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Deliberately nothing: releasing is [`HeldBackWriter::release`]'s job.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders the NAR on a blocking thread into a bounded channel feeding the body.
+fn nar_stream(blocks: NetworkBlocks, cid: Cid, store_path: String) -> Body {
+    let (tx, rx) = mpsc::channel::<Chunk>(NAR_CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = HeldBackWriter {
+            buf: Vec::with_capacity(NAR_CHUNK),
+            held: None,
+            tx: tx.clone(),
+        };
+        let outcome = match export_nar(&blocks, &cid, &mut writer) {
+            Ok(_) => writer.release().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!("nix cache: NAR of {store_path} ({cid}) cut short: {e}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(mut rx: mpsc::Receiver<Chunk>) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            out.extend_from_slice(&item.expect("chunk"));
+        }
+        out
+    }
+
+    #[test]
+    fn held_back_writer_keeps_the_tail_until_released() {
+        let (tx, rx) = mpsc::channel(64);
+        let mut writer = HeldBackWriter {
+            buf: Vec::new(),
+            held: None,
+            tx,
+        };
+        let data: Vec<u8> = (0..(3 * NAR_CHUNK + 17)).map(|i| i as u8).collect();
+        for piece in data.chunks(1000) {
+            writer.write_all(piece).expect("write");
+        }
+        writer.flush().expect("flush");
+        let (tx2, rx2) = mpsc::channel(64);
+        let sent_before = drain(rx);
+        assert!(
+            sent_before.len() < data.len() - NAR_CHUNK,
+            "at least a chunk is held back, sent {}",
+            sent_before.len()
+        );
+        assert_eq!(sent_before, data[..sent_before.len()]);
+        writer.tx = tx2;
+        writer.release().expect("release");
+        let mut all = sent_before;
+        all.extend(drain(rx2));
+        assert_eq!(all, data);
+    }
+
+    #[test]
+    fn narinfo_keeps_upstream_sigs_and_adds_ours() {
+        use ipnix_bridge::hash::NixHash;
+        use ipnix_bridge::pathinfo::{Root, RootKind};
+        use ipnix_store::block::{cid_for, GIT_RAW};
+        let upstream = SecretKey::from_seed("upstream-1", [7; 32]);
+        let ours = SecretKey::from_seed("ipnix-1", [9; 32]);
+        let mut info = PathInfo {
+            store_path: "/nix/store/00000000000000000000000000000000-x".into(),
+            root: Root {
+                kind: RootKind::Regular,
+                cid: cid_for(GIT_RAW, b"blob 0\0"),
+            },
+            nar_hash: NixHash::sha256([1; 32]),
+            nar_size: 120,
+            references: Vec::new(),
+            self_reference: true,
+            signatures: Vec::new(),
+            deriver: None,
+            ca: None,
+            blobs: Vec::new(),
+        };
+        let fp = ipnix_bridge::narinfo::fingerprint(
+            &info.store_path,
+            &info.nar_hash,
+            info.nar_size,
+            &info.reference_paths(),
+        );
+        info.signatures = vec![upstream.sign(&fp)];
+        let (cid, _) = info.to_block().expect("encode");
+        let text = render_narinfo(&cid, &info, Some(&ours));
+        let parsed = NarInfo::parse(text.as_bytes()).expect("parse");
+        assert_eq!(parsed.url, format!("nar/{cid}.nar"));
+        assert_eq!(parsed.compression, "none");
+        assert_eq!(
+            parsed.references,
+            vec!["00000000000000000000000000000000-x".to_string()]
+        );
+        let keys = [upstream.public_key(), ours.public_key()];
+        let mut verified = parsed.verified_by(&keys);
+        verified.sort();
+        assert_eq!(
+            verified,
+            vec!["ipnix-1".to_string(), "upstream-1".to_string()]
+        );
+        assert_eq!(parsed.sigs.len(), 2);
+    }
+}
