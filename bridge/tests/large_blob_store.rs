@@ -44,7 +44,10 @@ fn large_blobs_pin_gc_export_and_car() {
     let mut session = store.session();
     let meta = PathMeta::new("/nix/store/00000000000000000000000000000000-large");
     let imported = import_nar(&mut session, &nar[..], meta).expect("import");
-    assert!(!imported.pathinfo.blobs.is_empty(), "large files went to UnixFS");
+    assert!(
+        !imported.pathinfo.blobs.is_empty(),
+        "large files went to UnixFS"
+    );
     session
         .finish(Some((imported.pathinfo_cid, PinMode::Recursive, None)))
         .expect("a recursive pin on a path with large blobs");
@@ -59,7 +62,9 @@ fn large_blobs_pin_gc_export_and_car() {
     let mut session = other.session();
     let got = car::import(&mut session, &car_bytes[..]).expect("car import");
     assert_eq!(got.roots, vec![imported.pathinfo_cid]);
-    session.finish(Some((imported.pathinfo_cid, PinMode::Recursive, None))).expect("pin in b");
+    session
+        .finish(Some((imported.pathinfo_cid, PinMode::Recursive, None)))
+        .expect("pin in b");
     let mut again = Vec::new();
     export_nar(&other, &imported.pathinfo_cid, &mut again).expect("export b");
     assert_eq!(again, nar);

@@ -14,8 +14,8 @@ use anyhow::Context;
 use clap::Parser;
 use ipnix_node::fetch::{fetch_dag, FetchOptions};
 use ipnix_node::net::{Keypair, Multiaddr, NetConfig, Node, NodeHandle};
-use ipnix_store::{PinMode, Store};
 use ipnix_store::unixfs::{self, Profile};
+use ipnix_store::{PinMode, Store};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,23 +47,40 @@ fn emit(value: serde_json::Value) {
     let _ = out.flush();
 }
 
-async fn add(store: &Arc<Store>, node: &NodeHandle, path: PathBuf, profile: Profile) -> anyhow::Result<serde_json::Value> {
+async fn add(
+    store: &Arc<Store>,
+    node: &NodeHandle,
+    path: PathBuf,
+    profile: Profile,
+) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let store2 = store.clone();
     let added = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
         let mut session = store2.session();
-        let added = unixfs::add_file(&mut session, std::io::BufReader::with_capacity(1 << 20, file), &profile.params())?;
+        let added = unixfs::add_file(
+            &mut session,
+            std::io::BufReader::with_capacity(1 << 20, file),
+            &profile.params(),
+        )?;
         session.finish(Some((added.cid, PinMode::Recursive, None)))?;
         Ok(added)
     })
     .await??;
     node.provide(added.cid).await?;
-    Ok(json!({"event": "added", "cid": added.cid.to_string(), "bytes": added.size,
-              "seconds": started.elapsed().as_secs_f64()}))
+    Ok(
+        json!({"event": "added", "cid": added.cid.to_string(), "bytes": added.size,
+              "seconds": started.elapsed().as_secs_f64()}),
+    )
 }
 
-async fn fetch(store: &Arc<Store>, node: &NodeHandle, cid: &str, out: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
+async fn fetch(
+    store: &Arc<Store>,
+    node: &NodeHandle,
+    cid: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<serde_json::Value> {
     let cid: cid::Cid = cid.parse()?;
     let started = Instant::now();
     let opts = FetchOptions {
@@ -85,9 +102,11 @@ async fn fetch(store: &Arc<Store>, node: &NodeHandle, cid: &str, out: Option<Pat
         .await??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(json!({"event": "fetched", "cid": cid.to_string(), "rc": 0, "bytes": bytes,
+    Ok(
+        json!({"event": "fetched", "cid": cid.to_string(), "rc": 0, "bytes": bytes,
               "blocks": summary.fetched_blocks, "fetch_seconds": fetched_s, "seconds": seconds,
-              "MiB_per_s": bytes as f64 / 1048576.0 / seconds}))
+              "MiB_per_s": bytes as f64 / 1048576.0 / seconds}),
+    )
 }
 
 #[tokio::main]
@@ -103,7 +122,9 @@ async fn main() -> anyhow::Result<()> {
     let mut config = NetConfig::loopback(Keypair::generate_ed25519());
     config.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", args.tcp_port).parse()?];
     if let Some(port) = args.quic_port {
-        config.listen.push(format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse()?);
+        config
+            .listen
+            .push(format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse()?);
     }
     if args.mdns {
         config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse()?];
@@ -111,19 +132,30 @@ async fn main() -> anyhow::Result<()> {
     }
     let node = Node::start(config, store.clone()).await?;
     let handle = node.handle();
-    let addrs: Vec<String> = handle.listen_addrs().await?.iter().map(|a| a.to_string()).collect();
-    emit(json!({"event": "ready", "impl": "ipnix", "peer_id": handle.peer_id().to_string(),
-                "addrs": addrs, "pid": std::process::id()}));
+    let addrs: Vec<String> = handle
+        .listen_addrs()
+        .await?
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    emit(
+        json!({"event": "ready", "impl": "ipnix", "peer_id": handle.peer_id().to_string(),
+                "addrs": addrs, "pid": std::process::id()}),
+    );
     for addr in args.connect {
         let rc = handle.connect(addr.clone()).await;
-        emit(json!({"event": "connected", "addr": addr.to_string(), "ok": rc.is_ok(),
-                    "error": rc.err().map(|e| e.to_string())}));
+        emit(
+            json!({"event": "connected", "addr": addr.to_string(), "ok": rc.is_ok(),
+                    "error": rc.err().map(|e| e.to_string())}),
+        );
     }
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let Some((&command, rest)) = parts.split_first() else { continue };
+        let Some((&command, rest)) = parts.split_first() else {
+            continue;
+        };
         let result: anyhow::Result<serde_json::Value> = async {
             match command {
                 "quit" => Ok(json!({"event": "quit"})),
@@ -148,7 +180,9 @@ async fn main() -> anyhow::Result<()> {
         .await;
         match result {
             Ok(value) => emit(value),
-            Err(e) => emit(json!({"event": "error", "command": command, "error": format!("{e:#}")})),
+            Err(e) => {
+                emit(json!({"event": "error", "command": command, "error": format!("{e:#}")}))
+            }
         }
         if command == "quit" {
             break;

@@ -30,25 +30,43 @@ async fn main() -> anyhow::Result<()> {
             "--timeout" => {
                 timeout = Duration::from_secs(args.next().unwrap_or_default().parse()?);
             }
-            other => anyhow::bail!("unknown argument {other}; usage: mdns_probe --repo DIR [--timeout SECS]"),
+            other => anyhow::bail!(
+                "unknown argument {other}; usage: mdns_probe --repo DIR [--timeout SECS]"
+            ),
         }
     }
     let repo = repo.ok_or_else(|| anyhow::anyhow!("--repo DIR is required"))?;
     std::fs::create_dir_all(&repo)?;
     let store = Arc::new(Store::open(&repo)?);
     let mut config = NetConfig::new(Keypair::generate_ed25519());
-    config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse()?, "/ip4/0.0.0.0/udp/0/quic-v1".parse()?];
+    config.listen = vec![
+        "/ip4/0.0.0.0/tcp/0".parse()?,
+        "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+    ];
     config.mdns = true;
     let node = Node::start(config, store).await?;
     let handle = node.handle();
-    let addrs: Vec<String> = handle.listen_addrs().await?.iter().map(|a| a.to_string()).collect();
-    println!("{}", json!({"event": "ready", "peer_id": handle.peer_id().to_string(), "addrs": addrs}));
+    let addrs: Vec<String> = handle
+        .listen_addrs()
+        .await?
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    println!(
+        "{}",
+        json!({"event": "ready", "peer_id": handle.peer_id().to_string(), "addrs": addrs})
+    );
 
     let started = Instant::now();
     let mut found = None;
     while started.elapsed() < timeout {
         // Wait for identify too, so the report shows the peer really is ipnix.
-        if let Some(peer) = handle.peers().await?.into_iter().find(|p| p.agent.is_some()) {
+        if let Some(peer) = handle
+            .peers()
+            .await?
+            .into_iter()
+            .find(|p| p.agent.is_some())
+        {
             found = Some(peer);
             break;
         }
@@ -65,7 +83,10 @@ async fn main() -> anyhow::Result<()> {
             0
         }
         None => {
-            println!("{}", json!({"event": "timeout", "seconds": timeout.as_secs()}));
+            println!(
+                "{}",
+                json!({"event": "timeout", "seconds": timeout.as_secs()})
+            );
             1
         }
     };

@@ -18,7 +18,10 @@ pub enum DaemonError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("cannot serve HTTP on {addr}: {source}")]
-    Http { addr: SocketAddr, source: std::io::Error },
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
 }
@@ -52,8 +55,14 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
-        .map_err(|source| DaemonError::Http { addr: config.http, source })?;
-    let http = listener.local_addr().map_err(|source| DaemonError::Http { addr: config.http, source })?;
+        .map_err(|source| DaemonError::Http {
+            addr: config.http,
+            source,
+        })?;
+    let http = listener.local_addr().map_err(|source| DaemonError::Http {
+        addr: config.http,
+        source,
+    })?;
     let node = Node::start(config.net, store.clone()).await?;
     let handle = node.handle();
     let runner = make_runner(handle.clone());
@@ -63,12 +72,19 @@ pub async fn run(
         runner,
         sign_key: config.sign_key.map(Arc::new),
     });
-    let ready = Ready { peer_id: handle.peer_id(), listen: handle.listen_addrs().await?, http };
+    let ready = Ready {
+        peer_id: handle.peer_id(),
+        listen: handle.listen_addrs().await?,
+        http,
+    };
     config.repo.write_api(&format!("http://{http}"))?;
     on_ready(&ready);
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     config.repo.remove_api();
     node.shutdown().await;
     served.map_err(|source| DaemonError::Http { addr: http, source })

@@ -35,7 +35,10 @@ const PREFETCH_PERMITS: usize = 64;
 #[non_exhaustive]
 pub enum FetchError {
     #[error("block {cid} could not be fetched: {source}")]
-    Block { cid: Box<Cid>, source: Box<NetError> },
+    Block {
+        cid: Box<Cid>,
+        source: Box<NetError>,
+    },
     #[error("block {cid} is malformed: {source}")]
     Links {
         cid: Box<Cid>,
@@ -285,7 +288,8 @@ pub async fn fetch_dag(
 
     loop {
         // Fill the window (depth-first: the stack's top is the next block in order).
-        let window = (opts.max_in_flight_bytes / avg_block.max(1)).clamp(8, opts.max_in_flight.max(1));
+        let window =
+            (opts.max_in_flight_bytes / avg_block.max(1)).clamp(8, opts.max_in_flight.max(1));
         while in_flight.len() < window {
             let Some(cid) = pending.pop() else { break };
             if recent.contains(&cid) || cid.hash().code() == IDENTITY {

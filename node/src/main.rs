@@ -9,7 +9,11 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "ipnix", version, about = "An IPFS peer with a native Nix store bridge")]
+#[command(
+    name = "ipnix",
+    version,
+    about = "An IPFS peer with a native Nix store bridge"
+)]
 pub struct Cli {
     /// Repo directory (default: $IPNIX_REPO, else $XDG_DATA_HOME/ipnix, else ~/.local/share/ipnix)
     #[arg(long, global = true, value_name = "DIR")]
@@ -30,9 +34,7 @@ pub enum Command {
     /// Add a file or directory as UnixFS
     Add(AddArgs),
     /// Print a UnixFS file
-    Cat {
-        cid: String,
-    },
+    Cat { cid: String },
     /// Write a UnixFS file or directory to a path
     Get {
         cid: String,
@@ -59,13 +61,9 @@ pub enum Command {
     /// Connected peers (needs the daemon)
     Peers,
     /// Connect to a peer (needs the daemon)
-    Connect {
-        multiaddr: String,
-    },
+    Connect { multiaddr: String },
     /// Announce a CID on the DHT (needs the daemon)
-    Provide {
-        cid: String,
-    },
+    Provide { cid: String },
     /// Find providers of a CID on the DHT (needs the daemon)
     Findprovs {
         cid: String,

@@ -58,17 +58,18 @@ async fn metrics(State(state): State<MetricsState>) -> Response {
 /// Collects the current figures and renders them.
 pub async fn render(store: &Arc<Store>, node: Option<&NodeHandle>) -> String {
     let store = store.clone();
-    let stat = match tokio::task::spawn_blocking(move || store.stat().map_err(|e| e.to_string())).await {
-        Ok(Ok(stat)) => Some(stat),
-        Ok(Err(e)) => {
-            tracing::warn!("metrics: store stat: {e}");
-            None
-        }
-        Err(e) => {
-            tracing::warn!("metrics: store stat: {e}");
-            None
-        }
-    };
+    let stat =
+        match tokio::task::spawn_blocking(move || store.stat().map_err(|e| e.to_string())).await {
+            Ok(Ok(stat)) => Some(stat),
+            Ok(Err(e)) => {
+                tracing::warn!("metrics: store stat: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("metrics: store stat: {e}");
+                None
+            }
+        };
     let stats = match node {
         Some(node) => node.stats().await.ok(),
         None => None,
@@ -110,7 +111,12 @@ pub fn format_metrics(stat: Option<&RepoStat>, net: Option<&NodeStats>) -> Strin
     );
     if let Some(n) = net {
         let g = |v: usize| v as u64;
-        out.metric("ipnix_peers", "gauge", "Connected peers.", &[("", g(n.peers))]);
+        out.metric(
+            "ipnix_peers",
+            "gauge",
+            "Connected peers.",
+            &[("", g(n.peers))],
+        );
         out.metric(
             "ipnix_connections",
             "gauge",

@@ -100,7 +100,10 @@ impl std::fmt::Debug for NetConfig {
             .field("mdns", &self.mdns)
             .field("lan_dht", &self.lan_dht)
             .field("public_dht", &self.public_dht)
-            .field("swarm_key", &self.swarm_key.map(|k| k.fingerprint().to_string()))
+            .field(
+                "swarm_key",
+                &self.swarm_key.map(|k| k.fingerprint().to_string()),
+            )
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }

@@ -23,13 +23,19 @@ pub enum RepoError {
     #[error("repo {0} is already initialised")]
     AlreadyInitialised(PathBuf),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("identity key {path} is unreadable ({reason}); move it away to make a new identity")]
     BadIdentity { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io { path: path.to_path_buf(), source }
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A repo directory on disk.
@@ -50,13 +56,17 @@ impl Repo {
         if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             return Ok(PathBuf::from(data).join("ipnix"));
         }
-        let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(RepoError::NoLocation)?;
+        let home = std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .ok_or(RepoError::NoLocation)?;
         Ok(PathBuf::from(home).join(".local/share/ipnix"))
     }
 
     /// Creates a new repo; refuses one that exists.
     pub fn init(root: &Path) -> Result<Repo, RepoError> {
-        let repo = Repo { root: root.to_path_buf() };
+        let repo = Repo {
+            root: root.to_path_buf(),
+        };
         if repo.identity_path().exists() {
             return Err(RepoError::AlreadyInitialised(root.to_path_buf()));
         }
@@ -67,7 +77,9 @@ impl Repo {
     /// Opens a repo, creating it with a fresh identity on first use, so that
     /// `ipnix daemon` works on a new machine without a separate `init`.
     pub fn open_or_init(root: &Path) -> Result<Repo, RepoError> {
-        let repo = Repo { root: root.to_path_buf() };
+        let repo = Repo {
+            root: root.to_path_buf(),
+        };
         repo.ensure()?;
         Ok(repo)
     }
@@ -76,7 +88,9 @@ impl Repo {
         std::fs::create_dir_all(self.store_dir()).map_err(io_err(&self.root))?;
         if !self.identity_path().exists() {
             let key = Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().expect("ed25519 keys always encode");
+            let bytes = key
+                .to_protobuf_encoding()
+                .expect("ed25519 keys always encode");
             write_private(&self.identity_path(), &bytes)?;
         }
         Ok(())
@@ -102,8 +116,10 @@ impl Repo {
     pub fn identity(&self) -> Result<Keypair, RepoError> {
         let path = self.identity_path();
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| RepoError::BadIdentity { path, reason: e.to_string() })
+        Keypair::from_protobuf_encoding(&bytes).map_err(|e| RepoError::BadIdentity {
+            path,
+            reason: e.to_string(),
+        })
     }
 
     /// Records where the daemon's control API listens.
@@ -151,7 +167,10 @@ mod tests {
         let a = repo.identity().expect("key").public().to_peer_id();
         let again = Repo::open_or_init(dir.path()).expect("open");
         assert_eq!(again.identity().expect("key").public().to_peer_id(), a);
-        assert!(matches!(Repo::init(dir.path()), Err(RepoError::AlreadyInitialised(_))));
+        assert!(matches!(
+            Repo::init(dir.path()),
+            Err(RepoError::AlreadyInitialised(_))
+        ));
     }
 
     #[test]

@@ -147,9 +147,15 @@ async fn raw_blocks_headers_and_status_codes() {
     let reply = get(format!("{}/ipfs/{root}?format=raw", gw.url), None).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, root_block.to_vec());
-    assert_eq!(reply.header("content-type"), Some("application/vnd.ipld.raw"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/vnd.ipld.raw")
+    );
     assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
-    assert!(reply.header("cache-control").expect("cache-control").contains("immutable"));
+    assert!(reply
+        .header("cache-control")
+        .expect("cache-control")
+        .contains("immutable"));
     assert_eq!(
         reply.header("content-disposition"),
         Some(format!("attachment; filename=\"{root}.bin\"").as_str())
@@ -157,7 +163,11 @@ async fn raw_blocks_headers_and_status_codes() {
     let etag = reply.header("etag").expect("etag").to_string();
 
     // Accept instead of ?format: same bytes, and Content-Location names the format.
-    let by_accept = get(format!("{}/ipfs/{root}", gw.url), Some("application/vnd.ipld.raw")).await;
+    let by_accept = get(
+        format!("{}/ipfs/{root}", gw.url),
+        Some("application/vnd.ipld.raw"),
+    )
+    .await;
     assert_eq!(by_accept.status, 200);
     assert_eq!(by_accept.body, root_block.to_vec());
     assert_eq!(
@@ -181,22 +191,46 @@ async fn raw_blocks_headers_and_status_codes() {
     assert_eq!(cached.status, 304);
 
     // A leaf, fetched by its CIDv1 name.
-    let leaf = *ipnix_store::links::links(&root, &root_block).expect("links").first().expect("a leaf");
+    let leaf = *ipnix_store::links::links(&root, &root_block)
+        .expect("links")
+        .first()
+        .expect("a leaf");
     let leaf_v1 = Cid::new_v1(leaf.codec(), *leaf.hash());
     let reply = get(format!("{}/ipfs/{leaf_v1}?format=raw", gw.url), None).await;
     assert_eq!(reply.status, 200);
     ipnix_store::block::verify(&leaf_v1, &reply.body).expect("verifiable");
 
     // Errors.
-    assert_eq!(get(format!("{}/ipfs/not-a-cid?format=raw", gw.url), None).await.status, 400);
-    assert_eq!(get(format!("{}/ipfs/{root}", gw.url), None).await.status, 400, "no format");
-    assert_eq!(get(format!("{}/ipfs/{root}?format=tar", gw.url), None).await.status, 400);
     assert_eq!(
-        get(format!("{}/ipfs/{root}", gw.url), Some("text/html")).await.status,
+        get(format!("{}/ipfs/not-a-cid?format=raw", gw.url), None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        get(format!("{}/ipfs/{root}", gw.url), None).await.status,
+        400,
+        "no format"
+    );
+    assert_eq!(
+        get(format!("{}/ipfs/{root}?format=tar", gw.url), None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        get(format!("{}/ipfs/{root}", gw.url), Some("text/html"))
+            .await
+            .status,
         400
     );
     let missing = cid_for(RAW, b"not here");
-    assert_eq!(get(format!("{}/ipfs/{missing}?format=raw", gw.url), None).await.status, 404);
+    assert_eq!(
+        get(format!("{}/ipfs/{missing}?format=raw", gw.url), None)
+            .await
+            .status,
+        404
+    );
     let only_cached = request(
         "GET",
         format!("{}/ipfs/{missing}?format=raw", gw.url),
@@ -205,7 +239,9 @@ async fn raw_blocks_headers_and_status_codes() {
     .await;
     assert_eq!(only_cached.status, 412);
     assert_eq!(
-        get(format!("{}/ipfs/{root}/some/path?format=car", gw.url), None).await.status,
+        get(format!("{}/ipfs/{root}/some/path?format=car", gw.url), None)
+            .await
+            .status,
         501
     );
     // The identity probe of the spec.
@@ -233,7 +269,10 @@ async fn car_responses_hold_the_whole_dag() {
     let reply = get(format!("{}/ipfs/{root}?format=car", gw.url), None).await;
     assert_eq!(reply.status, 200);
     let content_type = reply.header("content-type").expect("content-type");
-    assert!(content_type.starts_with("application/vnd.ipld.car"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/vnd.ipld.car"),
+        "{content_type}"
+    );
     assert!(content_type.contains("version=1"), "{content_type}");
     assert!(content_type.contains("order=dfs") && content_type.contains("dups=n"));
     let (roots, blocks) = read_car(&reply.body);
@@ -251,7 +290,11 @@ async fn car_responses_hold_the_whole_dag() {
     assert_eq!(by_accept.status, 200);
     assert_eq!(by_accept.body, reply.body);
 
-    let block_only = get(format!("{}/ipfs/{root}?format=car&dag-scope=block", gw.url), None).await;
+    let block_only = get(
+        format!("{}/ipfs/{root}?format=car&dag-scope=block", gw.url),
+        None,
+    )
+    .await;
     assert_eq!(block_only.status, 200);
     let (_, blocks) = read_car(&block_only.body);
     assert_eq!(blocks.len(), 1);
@@ -260,9 +303,12 @@ async fn car_responses_hold_the_whole_dag() {
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
     assert_eq!(
-        get(format!("{}/ipfs/{root}", gw.url), Some("application/vnd.ipld.car; version=2"))
-            .await
-            .status,
+        get(
+            format!("{}/ipfs/{root}", gw.url),
+            Some("application/vnd.ipld.car; version=2")
+        )
+        .await
+        .status,
         400
     );
 
@@ -285,17 +331,23 @@ async fn car_responses_hold_the_whole_dag() {
 async fn missing_blocks_come_from_peers_or_time_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let peer_store = Arc::new(Store::open(dir.path()).expect("store"));
-    let peer = Node::start(NetConfig::loopback(Keypair::generate_ed25519()), peer_store.clone())
-        .await
-        .expect("peer");
+    let peer = Node::start(
+        NetConfig::loopback(Keypair::generate_ed25519()),
+        peer_store.clone(),
+    )
+    .await
+    .expect("peer");
     let data = random_bytes(1024 * 1024 + 5);
     let root = add_file(&peer_store, &data, Profile::V1_2025);
 
     let gw_dir = tempfile::tempdir().expect("tempdir");
     let gw_store = Arc::new(Store::open(gw_dir.path()).expect("store"));
-    let node = Node::start(NetConfig::loopback(Keypair::generate_ed25519()), gw_store.clone())
-        .await
-        .expect("node");
+    let node = Node::start(
+        NetConfig::loopback(Keypair::generate_ed25519()),
+        gw_store.clone(),
+    )
+    .await
+    .expect("node");
     let peer_addr = peer.handle().listen_addrs().await.expect("addrs")[0].clone();
     node.handle().connect(peer_addr).await.expect("connect");
     let state = GatewayState {
@@ -313,7 +365,9 @@ async fn missing_blocks_come_from_peers_or_time_out() {
 
     let nowhere = cid_for(RAW, b"nobody has this block");
     assert_eq!(
-        get(format!("{}/ipfs/{nowhere}?format=raw", gw.url), None).await.status,
+        get(format!("{}/ipfs/{nowhere}?format=raw", gw.url), None)
+            .await
+            .status,
         504
     );
     node.shutdown().await;
@@ -377,7 +431,8 @@ async fn helia_verified_fetch_reads_a_file_through_the_gateway() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("JSON");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("JSON");
     assert_eq!(report["status"], 200, "{report}");
     assert_eq!(std::fs::read(&out).expect("output"), data);
 }

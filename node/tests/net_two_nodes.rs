@@ -24,7 +24,9 @@ impl TestNode {
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         let mut config = NetConfig::loopback(Keypair::generate_ed25519());
         configure(&mut config);
-        let node = Node::start(config, store.clone()).await.expect("node starts");
+        let node = Node::start(config, store.clone())
+            .await
+            .expect("node starts");
         TestNode {
             node,
             store,
@@ -80,13 +82,16 @@ async fn block_round_trip(quic: bool) {
     let agent = format!("ipnix/{}", env!("CARGO_PKG_VERSION"));
     wait_for("identify", Duration::from_secs(10), || async {
         let peers = a.handle().peers().await.expect("peers");
-        peers
-            .iter()
-            .any(|p| p.peer_id == b.handle().peer_id() && p.agent.as_deref() == Some(agent.as_str()))
+        peers.iter().any(|p| {
+            p.peer_id == b.handle().peer_id() && p.agent.as_deref() == Some(agent.as_str())
+        })
     })
     .await;
     let seen = b.handle().peers().await.expect("peers");
-    let info = seen.iter().find(|p| p.peer_id == peer).expect("a is a peer of b");
+    let info = seen
+        .iter()
+        .find(|p| p.peer_id == peer)
+        .expect("a is a peer of b");
     assert_eq!(
         info.addrs[0].to_string().contains("/quic-v1"),
         quic,
@@ -110,7 +115,11 @@ async fn block_round_trip(quic: bool) {
 
     // A block nobody has: a clear timeout naming the CID.
     let missing = cid_for(RAW, b"nobody has this");
-    match b.handle().get_block(missing, Duration::from_millis(500)).await {
+    match b
+        .handle()
+        .get_block(missing, Duration::from_millis(500))
+        .await
+    {
         Err(NetError::BlockTimeout { cid, .. }) => assert_eq!(cid, missing),
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -139,7 +148,10 @@ async fn fetch_dag_brings_a_whole_file_and_pins_it() {
     session
         .finish(Some((added.cid, PinMode::Recursive, None)))
         .expect("finish");
-    b.handle().connect(a.addr(false).await).await.expect("connect");
+    b.handle()
+        .connect(a.addr(false).await)
+        .await
+        .expect("connect");
 
     let progress_calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = progress_calls.clone();
@@ -154,7 +166,10 @@ async fn fetch_dag_brings_a_whole_file_and_pins_it() {
         .await
         .expect("fetch");
     assert_eq!(summary.fetched_blocks, 14);
-    assert_eq!(progress_calls.load(std::sync::atomic::Ordering::Relaxed), 14);
+    assert_eq!(
+        progress_calls.load(std::sync::atomic::Ordering::Relaxed),
+        14
+    );
     let pins = b.store.pins().expect("pins");
     // The store keeps CIDv1 forms; a CIDv0 root is pinned as its v1 twin.
     assert!(pins
@@ -172,9 +187,14 @@ async fn fetch_dag_brings_a_whole_file_and_pins_it() {
     assert_eq!(read, data);
 
     // Again: everything is local now, nothing is fetched.
-    let again = fetch_dag(&b.handle(), b.store.clone(), added.cid, FetchOptions::default())
-        .await
-        .expect("refetch");
+    let again = fetch_dag(
+        &b.handle(),
+        b.store.clone(),
+        added.cid,
+        FetchOptions::default(),
+    )
+    .await
+    .expect("refetch");
     assert_eq!(again.fetched_blocks, 0);
     assert_eq!(again.local_blocks, 14);
 
@@ -182,7 +202,10 @@ async fn fetch_dag_brings_a_whole_file_and_pins_it() {
     let c = TestNode::start(|_| {}).await;
     let root_only = a.store.get(&added.cid).expect("get").expect("root");
     c.store.put(&added.cid, &root_only).expect("put root");
-    c.handle().connect(b.addr(false).await).await.expect("connect");
+    c.handle()
+        .connect(b.addr(false).await)
+        .await
+        .expect("connect");
     b.store.unpin(&added.cid).expect("unpin");
     b.store.gc().expect("gc");
     a.store.unpin(&added.cid).expect("unpin");
@@ -211,7 +234,10 @@ async fn network_blocks_streams_a_file_from_a_peer() {
     session
         .finish(Some((added.cid, PinMode::Recursive, None)))
         .expect("finish");
-    b.handle().connect(a.addr(false).await).await.expect("connect");
+    b.handle()
+        .connect(a.addr(false).await)
+        .await
+        .expect("connect");
     let blocks = NetworkBlocks::new(b.store.clone(), Some(b.handle()), Duration::from_secs(10));
     let cid = added.cid;
     let read = tokio::task::spawn_blocking(move || {
@@ -222,7 +248,10 @@ async fn network_blocks_streams_a_file_from_a_peer() {
     .await
     .expect("join");
     assert_eq!(read, data);
-    assert!(b.store.has(&added.cid).expect("has"), "fetched blocks are cached");
+    assert!(
+        b.store.has(&added.cid).expect("has"),
+        "fetched blocks are cached"
+    );
     let offline = NetworkBlocks::new(b.store.clone(), None, Duration::from_secs(1));
     let unknown = cid_for(RAW, b"not anywhere");
     let found = tokio::task::spawn_blocking(move || {
@@ -300,10 +329,14 @@ async fn pinned_roots_are_reprovided_at_start() {
             .expect("find providers")
     };
     let a_id = a.handle().peer_id();
-    wait_for("b learns a provides the pinned root", Duration::from_secs(20), || {
-        let b = b.handle();
-        async move { providers_of(b).await.contains(&a_id) }
-    })
+    wait_for(
+        "b learns a provides the pinned root",
+        Duration::from_secs(20),
+        || {
+            let b = b.handle();
+            async move { providers_of(b).await.contains(&a_id) }
+        },
+    )
     .await;
     a.shutdown().await;
     b.node.shutdown().await;
@@ -320,10 +353,16 @@ async fn swarm_key_separates_private_networks() {
 
     // Private nodes listen on TCP only.
     let addrs = a.handle().listen_addrs().await.expect("addrs");
-    assert!(addrs.iter().all(|x| !x.to_string().contains("quic")), "{addrs:?}");
+    assert!(
+        addrs.iter().all(|x| !x.to_string().contains("quic")),
+        "{addrs:?}"
+    );
 
     let a_addr = a.addr(false).await;
-    b.handle().connect(a_addr.clone()).await.expect("same key connects");
+    b.handle()
+        .connect(a_addr.clone())
+        .await
+        .expect("same key connects");
     let data = random_bytes(1000);
     let cid = cid_for(RAW, &data);
     a.store.put(&cid, &data).expect("put");
@@ -334,13 +373,18 @@ async fn swarm_key_separates_private_networks() {
         .expect("block in the private network");
     assert_eq!(&got[..], &data[..]);
 
-    assert!(stranger.handle().connect(a_addr.clone()).await.is_err(), "other key");
-    assert!(public.handle().connect(a_addr.clone()).await.is_err(), "no key");
-    assert!(a
-        .handle()
-        .connect(public.addr(false).await)
-        .await
-        .is_err(), "private to public");
+    assert!(
+        stranger.handle().connect(a_addr.clone()).await.is_err(),
+        "other key"
+    );
+    assert!(
+        public.handle().connect(a_addr.clone()).await.is_err(),
+        "no key"
+    );
+    assert!(
+        a.handle().connect(public.addr(false).await).await.is_err(),
+        "private to public"
+    );
     for node in [a, b, stranger, public] {
         node.node.shutdown().await;
     }
@@ -360,7 +404,10 @@ async fn handles_fail_cleanly_after_shutdown() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.node.shutdown().await;
-    assert!(matches!(pending.await.expect("join"), Err(NetError::Shutdown)));
+    assert!(matches!(
+        pending.await.expect("join"),
+        Err(NetError::Shutdown)
+    ));
     assert!(matches!(handle.peers().await, Err(NetError::Shutdown)));
     assert!(handle.is_closed());
 }

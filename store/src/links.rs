@@ -61,8 +61,10 @@ pub struct DagLinks {
 pub fn dag_links(cid: &Cid, data: &[u8]) -> Result<DagLinks, LinksError> {
     let mut covered = Vec::new();
     if cid.codec() == DAG_CBOR {
-        let ipld: Ipld = serde_ipld_dagcbor::from_slice(data)
-            .map_err(|e| LinksError::DagCbor { cid: *cid, reason: e.to_string() })?;
+        let ipld: Ipld = serde_ipld_dagcbor::from_slice(data).map_err(|e| LinksError::DagCbor {
+            cid: *cid,
+            reason: e.to_string(),
+        })?;
         if let Ok(Some(Ipld::List(blobs))) = ipld.get("blobs") {
             for blob in blobs {
                 if let Ok(Some(Ipld::Link(git))) = blob.get("git") {
@@ -73,7 +75,10 @@ pub fn dag_links(cid: &Cid, data: &[u8]) -> Result<DagLinks, LinksError> {
             }
         }
     }
-    let children = links(cid, data)?.into_iter().filter(|c| !covered.contains(c)).collect();
+    let children = links(cid, data)?
+        .into_iter()
+        .filter(|c| !covered.contains(c))
+        .collect();
     Ok(DagLinks { children, covered })
 }
 

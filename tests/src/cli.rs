@@ -35,7 +35,10 @@ impl Default for Ipnix {
 
 impl Ipnix {
     pub fn new() -> Self {
-        Self { repo: tempfile::tempdir().expect("tempdir"), bin: ipnix_bin() }
+        Self {
+            repo: tempfile::tempdir().expect("tempdir"),
+            bin: ipnix_bin(),
+        }
     }
 
     pub fn repo_path(&self) -> &Path {
@@ -51,7 +54,11 @@ impl Ipnix {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).stdin(Stdio::null()).output().expect("ipnix runs")
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ipnix runs")
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
@@ -109,9 +116,18 @@ pub fn assert_success(out: &Output, args: &[&str]) {
 
 pub fn assert_clean_failure(out: &Output, args: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "ipnix {args:?} should have failed; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "ipnix {args:?} panicked: {stderr}");
-    assert!(!stderr.trim().is_empty(), "ipnix {args:?} failed without saying why");
+    assert!(
+        !out.status.success(),
+        "ipnix {args:?} should have failed; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "ipnix {args:?} panicked: {stderr}"
+    );
+    assert!(
+        !stderr.trim().is_empty(),
+        "ipnix {args:?} failed without saying why"
+    );
     stderr
 }
 
@@ -130,11 +146,18 @@ impl Daemon {
     pub fn start(ipnix: &Ipnix, extra: &[&str]) -> Daemon {
         use std::io::BufRead;
         let mut cmd = ipnix.command();
-        cmd.args(["daemon", "--http", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "daemon",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("ipnix daemon starts");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::sync_channel::<Option<String>>(64);
@@ -167,8 +190,13 @@ impl Daemon {
         }
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || while let Ok(Some(_)) = rx.recv() {});
-        let url = std::fs::read_to_string(ipnix.repo_path().join("api")).expect("daemon wrote REPO/api");
-        Daemon { child, url: url.trim().to_string(), banner }
+        let url =
+            std::fs::read_to_string(ipnix.repo_path().join("api")).expect("daemon wrote REPO/api");
+        Daemon {
+            child,
+            url: url.trim().to_string(),
+            banner,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -181,7 +209,10 @@ impl Daemon {
     }
 
     fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             match self.child.try_wait() {

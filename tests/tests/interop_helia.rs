@@ -33,12 +33,18 @@ fn start_helia(opts: HeliaOptions) -> Result<HeliaPeer> {
 }
 
 fn helia_addr(helia: &HeliaPeer) -> Result<Multiaddr> {
-    Ok(helia.tcp_addr().context("Helia has no TCP address")?.parse()?)
+    Ok(helia
+        .tcp_addr()
+        .context("Helia has no TCP address")?
+        .parse()?)
 }
 
 async fn fetch_and_check(ipnix: &IpnixNode, cid: &str, source: &Path) -> Result<()> {
     let cid: Cid = cid.parse()?;
-    let summary = ipnix.fetch(cid).await.with_context(|| format!("fetching {cid}"))?;
+    let summary = ipnix
+        .fetch(cid)
+        .await
+        .with_context(|| format!("fetching {cid}"))?;
     assert!(summary.fetched_blocks > 0);
     assert_eq!(ipnix.file_sha256(cid).await?, sha256_file(source)?, "{cid}");
     Ok(())
@@ -63,7 +69,10 @@ async fn helia_to_ipnix_cidv1_and_cidv0() -> Result<()> {
         ..HeliaOptions::default()
     })?;
     let small_v0 = blocking(|| v0.add(&small))?;
-    assert!(small_v0.starts_with("Qm"), "--profile v0 adds CIDv0: {small_v0}");
+    assert!(
+        small_v0.starts_with("Qm"),
+        "--profile v0 adds CIDv0: {small_v0}"
+    );
 
     let ipnix = IpnixNode::start().await?;
     let peer = ipnix.handle().connect(helia_addr(&v1)?).await?;
@@ -94,7 +103,11 @@ async fn ipnix_to_helia_cidv1_and_cidv0() -> Result<()> {
     for (cid, source) in [(small_cid, &small), (big_cid, &big)] {
         let out = dir.path().join(format!("out-{cid}"));
         let fetched = blocking(|| helia.fetch(&cid.to_string(), &out, BIG_FETCH))?;
-        assert_eq!(sha256_file(&out)?, sha256_file(source)?, "Helia got {cid}: {fetched}");
+        assert_eq!(
+            sha256_file(&out)?,
+            sha256_file(source)?,
+            "Helia got {cid}: {fetched}"
+        );
     }
     ipnix.node.shutdown().await;
     Ok(())
@@ -114,7 +127,10 @@ async fn raw_blocks_both_ways() -> Result<()> {
 
     let ipnix = IpnixNode::start().await?;
     ipnix.handle().connect(helia_addr(&helia)?).await?;
-    let data = ipnix.handle().get_block(their_cid, Duration::from_secs(30)).await?;
+    let data = ipnix
+        .handle()
+        .get_block(their_cid, Duration::from_secs(30))
+        .await?;
     assert_eq!(&data[..], &std::fs::read(&theirs)?[..]);
 
     let ours = peers::pseudo_random_bytes(16, 300_000);
@@ -140,7 +156,11 @@ async fn rsa_helia_peer_both_ways() -> Result<()> {
         key: Some("rsa".into()),
         ..HeliaOptions::default()
     })?;
-    assert!(helia.peer_id().starts_with("Qm"), "RSA peer id: {}", helia.peer_id());
+    assert!(
+        helia.peer_id().starts_with("Qm"),
+        "RSA peer id: {}",
+        helia.peer_id()
+    );
     let their_cid = blocking(|| helia.add(&theirs))?;
     let ipnix = IpnixNode::start().await?;
     let our_cid = ipnix.add(&ours, Profile::V1_2025).await?;
@@ -168,10 +188,14 @@ async fn lan_dht_providers_both_ways() -> Result<()> {
     })?;
     blocking(|| helia.connect(&ipnix_addr))?;
     let handle = ipnix.handle();
-    eventually("Helia in ipnix's LAN DHT table", Duration::from_secs(20), || {
-        let handle = handle.clone();
-        async move { Ok(handle.stats().await?.lan_dht_peers >= 1) }
-    })
+    eventually(
+        "Helia in ipnix's LAN DHT table",
+        Duration::from_secs(20),
+        || {
+            let handle = handle.clone();
+            async move { Ok(handle.stats().await?.lan_dht_peers >= 1) }
+        },
+    )
     .await?;
 
     let ours = peers::pseudo_random_bytes(19, 4096);
@@ -196,14 +220,20 @@ async fn lan_dht_providers_both_ways() -> Result<()> {
     let provided = blocking(|| helia.send(&format!("provide {their_cid}")))?;
     assert_eq!(provided["ok"], true, "{provided}");
     let helia_id = helia.peer_id();
-    eventually("ipnix finds Helia as provider", Duration::from_secs(30), || {
-        let handle = handle.clone();
-        let helia_id = helia_id.clone();
-        async move {
-            let found = handle.find_providers(their_cid, 5, Duration::from_secs(10)).await?;
-            Ok(found.iter().any(|p| p.to_string() == helia_id))
-        }
-    })
+    eventually(
+        "ipnix finds Helia as provider",
+        Duration::from_secs(30),
+        || {
+            let handle = handle.clone();
+            let helia_id = helia_id.clone();
+            async move {
+                let found = handle
+                    .find_providers(their_cid, 5, Duration::from_secs(10))
+                    .await?;
+                Ok(found.iter().any(|p| p.to_string() == helia_id))
+            }
+        },
+    )
     .await?;
     ipnix.node.shutdown().await;
     Ok(())

@@ -32,7 +32,10 @@ fn kubo_addr(kubo: &KuboPeer, quic: bool) -> Result<Multiaddr> {
 
 async fn fetch_and_check(ipnix: &IpnixNode, cid: &str, source: &Path) -> Result<()> {
     let cid: Cid = cid.parse()?;
-    let summary = ipnix.fetch(cid).await.with_context(|| format!("fetching {cid}"))?;
+    let summary = ipnix
+        .fetch(cid)
+        .await
+        .with_context(|| format!("fetching {cid}"))?;
     assert!(summary.fetched_blocks > 0);
     assert_eq!(ipnix.file_sha256(cid).await?, sha256_file(source)?, "{cid}");
     Ok(())
@@ -50,11 +53,17 @@ async fn kubo_to_ipnix_3_and_100_mib_over_tcp() -> Result<()> {
     let mut kubo = blocking(|| KuboPeer::start(KuboOptions::default()))?;
     let small_cid = blocking(|| kubo.add(&small))?;
     let big_cid = blocking(|| kubo.add(&big))?;
-    assert!(small_cid.starts_with("Qm"), "Kubo 0.22 adds CIDv0: {small_cid}");
+    assert!(
+        small_cid.starts_with("Qm"),
+        "Kubo 0.22 adds CIDv0: {small_cid}"
+    );
 
     let ipnix = IpnixNode::start().await?;
     // Same bytes, same profile, same CID: ipnix's importer matches Kubo's.
-    assert_eq!(ipnix.add(&small, Profile::V0_2015).await?.to_string(), small_cid);
+    assert_eq!(
+        ipnix.add(&small, Profile::V0_2015).await?.to_string(),
+        small_cid
+    );
     ipnix.store.unpin(&small_cid.parse()?)?;
     ipnix.store.gc()?;
 
@@ -97,7 +106,11 @@ async fn ipnix_to_kubo_cidv0_and_cidv1_over_tcp() -> Result<()> {
     for (cid, source) in [(small_cid, &small), (big_cid, &big)] {
         let out = dir.path().join(format!("out-{cid}"));
         let fetched = blocking(|| kubo.fetch(&cid.to_string(), &out, BIG_FETCH))?;
-        assert_eq!(sha256_file(&out)?, sha256_file(source)?, "Kubo got {cid}: {fetched}");
+        assert_eq!(
+            sha256_file(&out)?,
+            sha256_file(source)?,
+            "Kubo got {cid}: {fetched}"
+        );
     }
     let stats = ipnix.handle().stats().await?;
     assert!(stats.bitswap.blocks_sent >= 100, "{stats:?}");
@@ -121,7 +134,10 @@ async fn rsa_kubo_over_quic_both_ways() -> Result<()> {
             ..KuboOptions::default()
         })
     })?;
-    assert!(kubo.peer_id().starts_with("Qm"), "RSA peer ids are sha256 multihashes");
+    assert!(
+        kubo.peer_id().starts_with("Qm"),
+        "RSA peer ids are sha256 multihashes"
+    );
     let their_cid = blocking(|| kubo.add(&theirs))?;
 
     let ipnix = IpnixNode::start().await?;
@@ -130,9 +146,9 @@ async fn rsa_kubo_over_quic_both_ways() -> Result<()> {
     assert_eq!(peer.to_string(), kubo.peer_id());
     let connection = ipnix.handle().peers().await?;
     assert!(
-        connection
-            .iter()
-            .any(|p| p.peer_id == peer && p.addrs.iter().any(|a| a.to_string().contains("/quic-v1"))),
+        connection.iter().any(
+            |p| p.peer_id == peer && p.addrs.iter().any(|a| a.to_string().contains("/quic-v1"))
+        ),
         "connected over QUIC: {connection:?}"
     );
     fetch_and_check(&ipnix, &their_cid, &theirs).await?;
@@ -163,29 +179,43 @@ async fn ipnix_finds_kubo_as_provider_on_the_lan_dht() -> Result<()> {
         })
     })?;
     let handle = ipnix.handle();
-    eventually("Kubo in ipnix's LAN DHT table", Duration::from_secs(20), || {
-        let handle = handle.clone();
-        async move { Ok(handle.stats().await?.lan_dht_peers >= 1) }
-    })
+    eventually(
+        "Kubo in ipnix's LAN DHT table",
+        Duration::from_secs(20),
+        || {
+            let handle = handle.clone();
+            async move { Ok(handle.stats().await?.lan_dht_peers >= 1) }
+        },
+    )
     .await?;
     let cid: Cid = blocking(|| kubo.add(&file))?.parse()?;
     let kubo_id = kubo.peer_id();
-    eventually("ipnix finds Kubo as provider", Duration::from_secs(60), || {
-        let handle = handle.clone();
-        let kubo_id = kubo_id.clone();
-        async move {
-            let found = handle.find_providers(cid, 5, Duration::from_secs(10)).await?;
-            Ok(found.iter().any(|p| p.to_string() == kubo_id))
-        }
-    })
+    eventually(
+        "ipnix finds Kubo as provider",
+        Duration::from_secs(60),
+        || {
+            let handle = handle.clone();
+            let kubo_id = kubo_id.clone();
+            async move {
+                let found = handle
+                    .find_providers(cid, 5, Duration::from_secs(10))
+                    .await?;
+                Ok(found.iter().any(|p| p.to_string() == kubo_id))
+            }
+        },
+    )
     .await?;
 
     let other = IpnixNode::start().await?;
     other.handle().connect(ipnix.addr(false).await?).await?;
-    eventually("the first node in the second's table", Duration::from_secs(20), || {
-        let handle = other.handle();
-        async move { Ok(handle.stats().await?.lan_dht_peers >= 1) }
-    })
+    eventually(
+        "the first node in the second's table",
+        Duration::from_secs(20),
+        || {
+            let handle = other.handle();
+            async move { Ok(handle.stats().await?.lan_dht_peers >= 1) }
+        },
+    )
     .await?;
     fetch_and_check(&other, &cid.to_string(), &file).await?;
     assert!(

@@ -20,26 +20,46 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
     );
     let mut net = NetConfig::new(repo.identity()?);
     if !args.listen.is_empty() {
-        net.listen = args.listen.iter().map(|a| parse_multiaddr(a, "--listen")).collect::<anyhow::Result<_>>()?;
+        net.listen = args
+            .listen
+            .iter()
+            .map(|a| parse_multiaddr(a, "--listen"))
+            .collect::<anyhow::Result<_>>()?;
     }
-    net.bootstrap = args.bootstrap.iter().map(|a| parse_multiaddr(a, "--bootstrap")).collect::<anyhow::Result<_>>()?;
+    net.bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|a| parse_multiaddr(a, "--bootstrap"))
+        .collect::<anyhow::Result<_>>()?;
     net.mdns = !args.no_mdns;
     net.public_dht = args.public;
     if let Some(path) = &args.swarm_key {
         net.swarm_key = Some(read_swarm_key(path)?);
     }
-    let http = args.http.parse().map_err(|e| anyhow::anyhow!("--http {}: {e} (expected IP:PORT)", args.http))?;
+    let http = args
+        .http
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--http {}: {e} (expected IP:PORT)", args.http))?;
     let sign_key = match &args.sign_key {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --sign-key {}", path.display()))?;
-            let key = ipnix_bridge::narinfo::SecretKey::parse(text.trim())
-                .with_context(|| format!("--sign-key {} is not a Nix secret key (name:base64)", path.display()))?;
+            let key = ipnix_bridge::narinfo::SecretKey::parse(text.trim()).with_context(|| {
+                format!(
+                    "--sign-key {} is not a Nix secret key (name:base64)",
+                    path.display()
+                )
+            })?;
             Some(key)
         }
         None => None,
     };
-    let config = DaemonConfig { repo: repo.clone(), net, http, sign_key };
+    let config = DaemonConfig {
+        repo: repo.clone(),
+        net,
+        http,
+        sign_key,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ipnix")
@@ -49,15 +69,27 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
     let runner_repo = repo.clone();
     let runner_store = store.clone();
     let make_runner = move |node: NodeHandle| -> Arc<dyn CommandRunner> {
-        Arc::new(DaemonRunner { repo: runner_repo, store: runner_store, node, runtime: handle })
+        Arc::new(DaemonRunner {
+            repo: runner_repo,
+            store: runner_store,
+            node,
+            runtime: handle,
+        })
     };
-    runtime.block_on(daemon::run(config, store, make_runner, print_ready, daemon::shutdown_signal()))?;
+    runtime.block_on(daemon::run(
+        config,
+        store,
+        make_runner,
+        print_ready,
+        daemon::shutdown_signal(),
+    ))?;
     println!("daemon stopped");
     Ok(())
 }
 
 fn parse_multiaddr(text: &str, flag: &str) -> anyhow::Result<Multiaddr> {
-    text.parse().map_err(|e| anyhow::anyhow!("{flag} {text:?} is not a multiaddr: {e}"))
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("{flag} {text:?} is not a multiaddr: {e}"))
 }
 
 fn print_ready(ready: &Ready) {
@@ -65,7 +97,10 @@ fn print_ready(ready: &Ready) {
     for addr in &ready.listen {
         println!("swarm listening on {addr}");
     }
-    println!("HTTP (API, gateway, Nix binary cache, metrics) on http://{}", ready.http);
+    println!(
+        "HTTP (API, gateway, Nix binary cache, metrics) on http://{}",
+        ready.http
+    );
     println!("daemon is ready");
     // Scripts wait for this line; make sure it leaves the process now.
     let _ = std::io::stdout().flush();
@@ -81,7 +116,11 @@ struct DaemonRunner {
 
 impl CommandRunner for DaemonRunner {
     fn run(&self, request: CommandRequest, io: CommandIo) -> i32 {
-        let CommandIo { mut stdin, mut stdout, mut stderr } = io;
+        let CommandIo {
+            mut stdin,
+            mut stdout,
+            mut stderr,
+        } = io;
         let argv = std::iter::once("ipnix".to_string()).chain(request.args);
         let cli = match Cli::try_parse_from(argv) {
             Ok(cli) => cli,
@@ -99,7 +138,10 @@ impl CommandRunner for DaemonRunner {
             progress: false,
             cwd: request.cwd,
         };
-        let mut io = Io { stdin: &mut stdin, stdout: &mut stdout };
+        let mut io = Io {
+            stdin: &mut stdin,
+            stdout: &mut stdout,
+        };
         let result = execute(&ctx, cli.command, &mut io);
         let flushed = stdout.flush();
         match result.and(flushed.map_err(anyhow::Error::from)) {

@@ -123,9 +123,15 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
             let peer = repo.identity()?.public().to_peer_id();
             drop(Store::open(&repo.store_dir())?);
             if cli.json {
-                println!("{}", serde_json::json!({"repo": root, "peer_id": peer.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"repo": root, "peer_id": peer.to_string()})
+                );
             } else {
-                println!("initialised ipnix repo at {}\npeer identity: {peer}", root.display());
+                println!(
+                    "initialised ipnix repo at {}\npeer identity: {peer}",
+                    root.display()
+                );
             }
             return Ok(0);
         }
@@ -138,7 +144,11 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
     }
     let repo = Repo::open_or_init(&root)?;
     if let Some(url) = repo.read_api() {
-        let forwarded: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        let forwarded: Vec<String> = args
+            .iter()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         if let Some(code) = remote::run(&url, forwarded, &cli.command)? {
             return Ok(code);
         }
@@ -160,7 +170,10 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let mut stdin = stdin.lock();
     let mut stdout = std::io::BufWriter::new(stdout.lock());
-    let mut io = Io { stdin: &mut stdin, stdout: &mut stdout };
+    let mut io = Io {
+        stdin: &mut stdin,
+        stdout: &mut stdout,
+    };
     execute(&ctx, cli.command, &mut io)?;
     stdout.flush().context("cannot write to stdout")?;
     Ok(0)
@@ -192,8 +205,9 @@ pub fn execute(ctx: &Ctx, command: Command, io: &mut Io<'_>) -> anyhow::Result<(
 /// Parses a CID argument with a message that says what to do.
 pub fn parse_cid(text: &str) -> anyhow::Result<cid::Cid> {
     let trimmed = text.trim().trim_start_matches("/ipfs/");
-    let cid = cid::Cid::try_from(trimmed)
-        .map_err(|e| anyhow::anyhow!("{text:?} is not a CID ({e}); expected e.g. bafy... or Qm..."))?;
+    let cid = cid::Cid::try_from(trimmed).map_err(|e| {
+        anyhow::anyhow!("{text:?} is not a CID ({e}); expected e.g. bafy... or Qm...")
+    })?;
     ipnix_store::block::check_cid(&cid).map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
     Ok(cid)
 }

@@ -8,7 +8,10 @@ pub fn id(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
     let (peer, addrs) = match (&ctx.node, &ctx.runtime) {
         (Some(node), Some(runtime)) => {
             let addrs = runtime.block_on(node.listen_addrs())?;
-            (node.peer_id(), addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            (
+                node.peer_id(),
+                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            )
         }
         // Offline, as Kubo: the identity is known, the addresses are not.
         _ => (ctx.repo.identity()?.public().to_peer_id(), Vec::new()),
@@ -58,11 +61,15 @@ pub fn peers(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
 
 pub fn connect(ctx: &Ctx, multiaddr: &str, io: &mut Io<'_>) -> anyhow::Result<()> {
     let (node, runtime) = ctx.node()?;
-    let addr: libp2p::Multiaddr =
-        multiaddr.parse().map_err(|e| anyhow::anyhow!("{multiaddr:?} is not a multiaddr: {e}"))?;
+    let addr: libp2p::Multiaddr = multiaddr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{multiaddr:?} is not a multiaddr: {e}"))?;
     let peer = runtime.block_on(node.connect(addr))?;
     if ctx.json {
-        print_json(io.stdout, &serde_json::json!({"connected": peer.to_string()}))
+        print_json(
+            io.stdout,
+            &serde_json::json!({"connected": peer.to_string()}),
+        )
     } else {
         writeln!(io.stdout, "connect {peer} success")?;
         Ok(())
@@ -90,7 +97,10 @@ pub fn findprovs(ctx: &Ctx, cid: &str, num: usize, io: &mut Io<'_>) -> anyhow::R
     let providers = runtime.block_on(node.find_providers(cid, num, Duration::from_secs(30)))?;
     if ctx.json {
         let list: Vec<_> = providers.iter().map(|peer| peer.to_string()).collect();
-        return print_json(io.stdout, &serde_json::json!({"cid": cid.to_string(), "providers": list}));
+        return print_json(
+            io.stdout,
+            &serde_json::json!({"cid": cid.to_string(), "providers": list}),
+        );
     }
     for peer in providers {
         writeln!(io.stdout, "{peer}")?;

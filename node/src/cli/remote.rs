@@ -8,7 +8,10 @@ use std::path::Path;
 
 /// Runs the command in the daemon at `url`. `Ok(None)`: no daemon answered.
 pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Option<i32>> {
-    let request = CommandRequest { args, cwd: std::env::current_dir()? };
+    let request = CommandRequest {
+        args,
+        cwd: std::env::current_dir()?,
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(None)
         .http_status_as_error(false)
@@ -16,7 +19,10 @@ pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Op
         .into();
     let call = agent
         .post(format!("{}{}", url.trim_end_matches('/'), RUN_PATH))
-        .header(ipnix_node::http::api::COMMAND_HEADER, encode_request(&request));
+        .header(
+            ipnix_node::http::api::COMMAND_HEADER,
+            encode_request(&request),
+        );
     let sent = if reads_stdin(command) {
         let stdin = std::io::stdin();
         call.send(ureq::SendBody::from_reader(&mut stdin.lock()))
@@ -25,13 +31,19 @@ pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Op
     };
     let mut response = match sent {
         Ok(response) => response,
-        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(None)
+        }
         Err(ureq::Error::ConnectionFailed) => return Ok(None),
         Err(e) => anyhow::bail!("the daemon at {url} did not answer: {e}"),
     };
     if response.status() != 200 {
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        anyhow::bail!("the daemon at {url} refused the command ({}): {}", response.status(), text.trim());
+        anyhow::bail!(
+            "the daemon at {url} refused the command ({}): {}",
+            response.status(),
+            text.trim()
+        );
     }
     let mut body = response.into_body().into_reader();
     let stdout = std::io::stdout();
@@ -43,7 +55,10 @@ pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Op
             FrameKind::Stderr => stderr.write_all(&payload)?,
             FrameKind::Exit => {
                 stdout.flush()?;
-                let code: [u8; 4] = payload.as_slice().try_into().map_err(|_| anyhow::anyhow!("bad exit frame"))?;
+                let code: [u8; 4] = payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("bad exit frame"))?;
                 return Ok(Some(i32::from_be_bytes(code)));
             }
         }

@@ -19,7 +19,9 @@ pub fn block(ctx: &Ctx, command: BlockCommand, io: &mut Io<'_>) -> anyhow::Resul
                 "dag-pb" => block::DAG_PB,
                 "dag-cbor" => block::DAG_CBOR,
                 "git-raw" => block::GIT_RAW,
-                other => anyhow::bail!("--cid-codec {other}: unknown (use raw, dag-pb, dag-cbor or git-raw)"),
+                other => anyhow::bail!(
+                    "--cid-codec {other}: unknown (use raw, dag-pb, dag-cbor or git-raw)"
+                ),
             };
             let mut data = Vec::new();
             let limit = MAX_BLOCK_SIZE as u64 + 1;
@@ -34,12 +36,17 @@ pub fn block(ctx: &Ctx, command: BlockCommand, io: &mut Io<'_>) -> anyhow::Resul
                 None => (&mut *io.stdin).take(limit).read_to_end(&mut data)?,
             };
             if data.len() > MAX_BLOCK_SIZE {
-                anyhow::bail!("a block is at most {MAX_BLOCK_SIZE} bytes; use `ipnix add` for larger data");
+                anyhow::bail!(
+                    "a block is at most {MAX_BLOCK_SIZE} bytes; use `ipnix add` for larger data"
+                );
             }
             let cid = block::cid_for(codec, &data);
             ctx.store.put(&cid, &data)?;
             if ctx.json {
-                print_json(io.stdout, &serde_json::json!({"cid": cid.to_string(), "size": data.len()}))
+                print_json(
+                    io.stdout,
+                    &serde_json::json!({"cid": cid.to_string(), "size": data.len()}),
+                )
             } else {
                 writeln!(io.stdout, "{cid}")?;
                 Ok(())
@@ -47,7 +54,10 @@ pub fn block(ctx: &Ctx, command: BlockCommand, io: &mut Io<'_>) -> anyhow::Resul
         }
         BlockCommand::Get { cid } => {
             let cid = parse_cid(&cid)?;
-            let data = ctx.blocks().read_block(&cid)?.ok_or_else(|| missing(ctx, &cid))?;
+            let data = ctx
+                .blocks()
+                .read_block(&cid)?
+                .ok_or_else(|| missing(ctx, &cid))?;
             io.stdout.write_all(&data)?;
             Ok(())
         }
@@ -55,17 +65,27 @@ pub fn block(ctx: &Ctx, command: BlockCommand, io: &mut Io<'_>) -> anyhow::Resul
             let cid = parse_cid(&cid)?;
             let size = match ctx.store.block_size(&cid)? {
                 Some(size) => size,
-                None => ctx.blocks().read_block(&cid)?.ok_or_else(|| missing(ctx, &cid))?.len() as u64,
+                None => ctx
+                    .blocks()
+                    .read_block(&cid)?
+                    .ok_or_else(|| missing(ctx, &cid))?
+                    .len() as u64,
             };
             if ctx.json {
-                print_json(io.stdout, &serde_json::json!({"cid": cid.to_string(), "size": size}))
+                print_json(
+                    io.stdout,
+                    &serde_json::json!({"cid": cid.to_string(), "size": size}),
+                )
             } else {
                 writeln!(io.stdout, "Key: {cid}\nSize: {size}")?;
                 Ok(())
             }
         }
         BlockCommand::Rm { cids } => {
-            let cids = cids.iter().map(|c| parse_cid(c)).collect::<anyhow::Result<Vec<_>>>()?;
+            let cids = cids
+                .iter()
+                .map(|c| parse_cid(c))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let pinned = pinned_blocks(ctx)?;
             for cid in cids {
                 if pinned.contains(&cid) {
@@ -89,7 +109,9 @@ fn missing(ctx: &Ctx, cid: &cid::Cid) -> anyhow::Error {
     if ctx.node.is_some() {
         anyhow::anyhow!("block {cid} is not in the store and no peer provided it")
     } else {
-        anyhow::anyhow!("block {cid} is not in the store (start `ipnix daemon` to fetch it from peers)")
+        anyhow::anyhow!(
+            "block {cid} is not in the store (start `ipnix daemon` to fetch it from peers)"
+        )
     }
 }
 
@@ -119,9 +141,17 @@ fn pinned_blocks(ctx: &Ctx) -> anyhow::Result<HashSet<cid::Cid>> {
 
 pub fn pin(ctx: &Ctx, command: PinCommand, io: &mut Io<'_>) -> anyhow::Result<()> {
     match command {
-        PinCommand::Add { cid, recursive, name } => {
+        PinCommand::Add {
+            cid,
+            recursive,
+            name,
+        } => {
             let cid = parse_cid(&cid)?;
-            let mode = if recursive { PinMode::Recursive } else { PinMode::Direct };
+            let mode = if recursive {
+                PinMode::Recursive
+            } else {
+                PinMode::Direct
+            };
             match (&ctx.node, &ctx.runtime) {
                 // Inside the daemon a recursive pin fetches what is missing, as
                 // Kubo does, and pins in the same transaction as the last blocks.
@@ -130,18 +160,28 @@ pub fn pin(ctx: &Ctx, command: PinCommand, io: &mut Io<'_>) -> anyhow::Result<()
                         pin: Some((mode, name.clone())),
                         ..Default::default()
                     };
-                    runtime.block_on(ipnix_node::fetch::fetch_dag(node, ctx.store.clone(), cid, opts))?;
+                    runtime.block_on(ipnix_node::fetch::fetch_dag(
+                        node,
+                        ctx.store.clone(),
+                        cid,
+                        opts,
+                    ))?;
                 }
                 _ => {
                     if !recursive {
-                        ctx.blocks().read_block(&cid)?.ok_or_else(|| missing(ctx, &cid))?;
+                        ctx.blocks()
+                            .read_block(&cid)?
+                            .ok_or_else(|| missing(ctx, &cid))?;
                     }
                     ctx.store.pin(&cid, mode, name.as_deref())?;
                 }
             }
             let kind = if recursive { "recursive" } else { "direct" };
             if ctx.json {
-                print_json(io.stdout, &serde_json::json!({"pinned": cid.to_string(), "type": kind, "name": name}))
+                print_json(
+                    io.stdout,
+                    &serde_json::json!({"pinned": cid.to_string(), "type": kind, "name": name}),
+                )
             } else {
                 writeln!(io.stdout, "pinned {cid} {kind}")?;
                 Ok(())
@@ -223,7 +263,10 @@ pub fn dag(ctx: &Ctx, command: DagCommand, io: &mut Io<'_>) -> anyhow::Result<()
             let cid = parse_cid(&cid)?;
             let blocks = ctx.blocks();
             let progress = bar(ctx.progress, None, "exporting");
-            let mut out = WriteProgress { inner: &mut *io.stdout, bar: progress.clone() };
+            let mut out = WriteProgress {
+                inner: &mut *io.stdout,
+                bar: progress.clone(),
+            };
             car::export(&blocks, &cid, &mut out)?;
             progress.finish_and_clear();
             Ok(())
@@ -232,15 +275,25 @@ pub fn dag(ctx: &Ctx, command: DagCommand, io: &mut Io<'_>) -> anyhow::Result<()
             let mut session = ctx.store.session();
             let imported = if file == Path::new("-") {
                 let progress = bar(ctx.progress, None, "importing");
-                let imported = car::import(&mut session, ReadProgress { inner: &mut *io.stdin, bar: progress.clone() })?;
+                let imported = car::import(
+                    &mut session,
+                    ReadProgress {
+                        inner: &mut *io.stdin,
+                        bar: progress.clone(),
+                    },
+                )?;
                 progress.finish_and_clear();
                 imported
             } else {
                 let path = ctx.path(&file);
-                let f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                let f = std::fs::File::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
                 let size = f.metadata().map(|m| m.len()).ok();
                 let progress = bar(ctx.progress, size, "importing");
-                let reader = ReadProgress { inner: std::io::BufReader::with_capacity(1 << 20, f), bar: progress.clone() };
+                let reader = ReadProgress {
+                    inner: std::io::BufReader::with_capacity(1 << 20, f),
+                    bar: progress.clone(),
+                };
                 let imported = car::import(&mut session, reader)?;
                 progress.finish_and_clear();
                 imported
@@ -257,7 +310,11 @@ pub fn dag(ctx: &Ctx, command: DagCommand, io: &mut Io<'_>) -> anyhow::Result<()
                 }
             }
             let mut rest = roots.iter();
-            let first = if pin_roots { rest.next().map(|r| (*r, PinMode::Recursive, None)) } else { None };
+            let first = if pin_roots {
+                rest.next().map(|r| (*r, PinMode::Recursive, None))
+            } else {
+                None
+            };
             session.finish(first)?;
             if pin_roots {
                 for root in rest {
@@ -272,7 +329,11 @@ pub fn dag(ctx: &Ctx, command: DagCommand, io: &mut Io<'_>) -> anyhow::Result<()
                     )?;
                 } else {
                     let state = if pin_roots { "pinned" } else { "imported" };
-                    writeln!(io.stdout, "{state} root {root} ({} blocks)", imported.blocks)?;
+                    writeln!(
+                        io.stdout,
+                        "{state} root {root} ({} blocks)",
+                        imported.blocks
+                    )?;
                 }
             }
             Ok(())
@@ -281,12 +342,18 @@ pub fn dag(ctx: &Ctx, command: DagCommand, io: &mut Io<'_>) -> anyhow::Result<()
 }
 
 /// Whether every block under `root` is in the store (after flushing the session).
-fn session_complete(ctx: &Ctx, session: &mut ipnix_store::Session<'_>, root: &cid::Cid) -> anyhow::Result<bool> {
+fn session_complete(
+    ctx: &Ctx,
+    session: &mut ipnix_store::Session<'_>,
+    root: &cid::Cid,
+) -> anyhow::Result<bool> {
     session.flush()?;
     let mut seen = HashSet::new();
     let mut stack = vec![*root];
     while let Some(cid) = stack.pop() {
-        let Some(data) = ctx.store.get(&cid)? else { return Ok(false) };
+        let Some(data) = ctx.store.get(&cid)? else {
+            return Ok(false);
+        };
         let dag = ipnix_store::links::dag_links(&cid, &data)?;
         seen.extend(dag.covered);
         for link in dag.children {

@@ -88,7 +88,11 @@ async fn run(
     body: Body,
 ) -> Response {
     if !peer.ip().is_loopback() {
-        return (StatusCode::FORBIDDEN, "the control API only serves loopback clients\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "the control API only serves loopback clients\n",
+        )
+            .into_response();
     }
     let request = match decode_request(&headers) {
         Ok(request) => request,
@@ -96,10 +100,15 @@ async fn run(
     };
     // Few frames in flight: a slow client slows the command instead of growing a queue.
     let (frames, frames_out) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    let stdin = SyncIoBridge::new(StreamReader::new(body.into_data_stream().map_err(std::io::Error::other)));
+    let stdin = SyncIoBridge::new(StreamReader::new(
+        body.into_data_stream().map_err(std::io::Error::other),
+    ));
     let io = CommandIo {
         stdin: Box::new(stdin),
-        stdout: Box::new(std::io::BufWriter::with_capacity(64 * 1024, FrameWriter::new(FrameKind::Stdout, frames.clone()))),
+        stdout: Box::new(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            FrameWriter::new(FrameKind::Stdout, frames.clone()),
+        )),
         stderr: Box::new(FrameWriter::new(FrameKind::Stderr, frames.clone())),
     };
     tokio::task::spawn_blocking(move || {
@@ -107,7 +116,9 @@ async fn run(
         // The client may be gone; then nobody needs the exit code.
         let _ = frames.blocking_send(Ok(frame(FrameKind::Exit, &code.to_be_bytes())));
     });
-    let stream = futures::stream::unfold(frames_out, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures::stream::unfold(frames_out, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Response::builder()
         .header("content-type", "application/x-ipnix-frames")
         .body(Body::from_stream(stream))
@@ -115,7 +126,9 @@ async fn run(
 }
 
 fn decode_request(headers: &HeaderMap) -> Result<CommandRequest, String> {
-    let value = headers.get(COMMAND_HEADER).ok_or_else(|| format!("missing {COMMAND_HEADER} header\n"))?;
+    let value = headers
+        .get(COMMAND_HEADER)
+        .ok_or_else(|| format!("missing {COMMAND_HEADER} header\n"))?;
     let json = base64::engine::general_purpose::STANDARD
         .decode(value.as_bytes())
         .map_err(|e| format!("{COMMAND_HEADER} is not base64: {e}\n"))?;
@@ -144,11 +157,18 @@ pub fn read_frame(reader: &mut impl Read) -> std::io::Result<Option<(FrameKind, 
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let kind = FrameKind::from_byte(header[0])
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown frame kind from daemon"))?;
+    let kind = FrameKind::from_byte(header[0]).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "unknown frame kind from daemon",
+        )
+    })?;
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "oversized frame from daemon"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "oversized frame from daemon",
+        ));
     }
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload)?;
@@ -171,7 +191,9 @@ impl Write for FrameWriter {
         let n = buf.len().min(MAX_FRAME);
         self.frames
             .blocking_send(Ok(frame(self.kind, &buf[..n])))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the CLI client went away"))?;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the CLI client went away")
+            })?;
         Ok(n)
     }
 

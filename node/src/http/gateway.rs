@@ -205,7 +205,11 @@ fn common_headers(headers: &mut HeaderMap, cid: &str, etag: &str) {
     set(headers, header::ETAG, etag);
     set(headers, header::VARY, "Accept");
     set(headers, header::ACCESS_CONTROL_ALLOW_ORIGIN, "*");
-    set(headers, HeaderName::from_static("x-ipfs-path"), &format!("/ipfs/{cid}"));
+    set(
+        headers,
+        HeaderName::from_static("x-ipfs-path"),
+        &format!("/ipfs/{cid}"),
+    );
     set(headers, HeaderName::from_static("x-ipfs-roots"), cid);
 }
 
@@ -222,7 +226,11 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// The root block: local, else from peers. Errors are finished responses.
-async fn root_block(state: &GatewayState, cid: Cid, only_if_cached: bool) -> Result<Bytes, Refusal> {
+async fn root_block(
+    state: &GatewayState,
+    cid: Cid,
+    only_if_cached: bool,
+) -> Result<Bytes, Refusal> {
     if cid.hash().code() == IDENTITY {
         return Ok(Bytes::copy_from_slice(cid.hash().digest()));
     }
@@ -330,7 +338,11 @@ async fn serve(
                 response_headers.insert(header::CONTENT_DISPOSITION, v);
             }
             response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(root.len()));
-            let body = if head { Body::empty() } else { Body::from(root) };
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from(root)
+            };
             (StatusCode::OK, response_headers, body).into_response()
         }
         Format::Car(scope) => {
@@ -438,7 +450,10 @@ mod tests {
 
     fn accept(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_str(value).expect("header"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_str(value).expect("header"),
+        );
         h
     }
 
@@ -454,13 +469,18 @@ mod tests {
     fn accept_negotiation() {
         let none = HashMap::new();
         assert_eq!(
-            negotiate(&none, &accept("application/vnd.ipld.raw")).expect("raw").0,
+            negotiate(&none, &accept("application/vnd.ipld.raw"))
+                .expect("raw")
+                .0,
             Format::Raw
         );
         assert_eq!(
-            negotiate(&none, &accept("application/vnd.ipld.car; version=1; order=dfs"))
-                .expect("car")
-                .0,
+            negotiate(
+                &none,
+                &accept("application/vnd.ipld.car; version=1; order=dfs")
+            )
+            .expect("car")
+            .0,
             Format::Car(Scope::All)
         );
         assert_eq!(

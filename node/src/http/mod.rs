@@ -24,8 +24,21 @@ pub struct HttpState {
 
 /// One router for all surfaces.
 pub fn router(state: HttpState) -> Router {
-    let gateway = gateway::router(gateway::GatewayState::new(state.store.clone(), state.node.clone()));
-    let nixcache = nixcache::router(nixcache::NixCacheState::new(state.store.clone(), state.node.clone(), state.sign_key));
-    let metrics = crate::metrics::router(crate::metrics::MetricsState { store: state.store, node: state.node });
-    api::router(state.runner).merge(gateway).merge(nixcache).merge(metrics)
+    let gateway = gateway::router(gateway::GatewayState::new(
+        state.store.clone(),
+        state.node.clone(),
+    ));
+    let nixcache = nixcache::router(nixcache::NixCacheState::new(
+        state.store.clone(),
+        state.node.clone(),
+        state.sign_key,
+    ));
+    let metrics = crate::metrics::router(crate::metrics::MetricsState {
+        store: state.store,
+        node: state.node,
+    });
+    api::router(state.runner)
+        .merge(gateway)
+        .merge(nixcache)
+        .merge(metrics)
 }

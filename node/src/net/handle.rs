@@ -59,6 +59,7 @@ pub(crate) enum Command {
         discover: bool,
         reply: Reply<Bytes>,
     },
+    NewBlocks(Vec<Cid>),
     Stats(oneshot::Sender<NodeStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -83,7 +84,10 @@ impl NodeHandle {
         Self { peer_id, commands }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
@@ -205,6 +209,17 @@ impl NodeHandle {
             })
             .map_err(|_| NetError::Shutdown)?;
         rx.blocking_recv().map_err(|_| NetError::Shutdown)?
+    }
+
+    /// Tells Bitswap these blocks just entered the store, so peers that asked
+    /// for them earlier (and were told DONT_HAVE) get them now. Call after an
+    /// import or fetch commits; the root alone is enough for whole-DAG wants
+    /// that start at the root.
+    pub async fn notify_new_blocks(&self, cids: Vec<Cid>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::NewBlocks(cids))
+            .await
+            .map_err(|_| NetError::Shutdown)
     }
 
     /// Counters for metrics.

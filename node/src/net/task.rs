@@ -108,6 +108,9 @@ pub(crate) struct SwarmTask {
     next_provide: u64,
     reprovide_queue: VecDeque<Cid>,
     reprovide_running: usize,
+    /// Whether the last reprovide reached a DHT peer; if not, the first peer
+    /// that joins a routing table triggers another.
+    reprovided_to_peers: bool,
     pins_tx: mpsc::Sender<Vec<Cid>>,
     pins_rx: mpsc::Receiver<Vec<Cid>>,
 }
@@ -163,6 +166,7 @@ impl SwarmTask {
             next_provide: 0,
             reprovide_queue: VecDeque::new(),
             reprovide_running: 0,
+            reprovided_to_peers: false,
             pins_tx,
             pins_rx,
         })
@@ -189,7 +193,11 @@ impl SwarmTask {
 
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reprovide = tokio::time::interval(self.reprovide_interval);
+        // The first reprovide already ran in start_bootstrap.
+        let mut reprovide = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.reprovide_interval,
+            self.reprovide_interval,
+        );
         reprovide.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown_ack = loop {
             tokio::select! {
@@ -233,7 +241,7 @@ impl SwarmTask {
             for addr in amino_bootstrap_peers() {
                 if let Some(peer) = peer_of(&addr) {
                     if let Some(kad) = self.swarm.behaviour_mut().public_kad.as_mut() {
-                        kad.add_address(&peer, addr);
+                        kad.add_address(&peer, strip_p2p(&addr));
                     }
                 }
             }
@@ -290,6 +298,9 @@ impl SwarmTask {
                 discover,
                 reply,
             } => self.want_block(cid, deadline, discover, reply),
+            Command::NewBlocks(cids) => {
+                self.swarm.behaviour_mut().bitswap.notify_new_blocks(&cids);
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
@@ -462,12 +473,7 @@ impl SwarmTask {
                 cancelled.push(*cid);
             } else if want.discover_at.is_some_and(|at| at <= now) {
                 want.discover_at = None;
-                let deadline = want
-                    .waiters
-                    .iter()
-                    .map(|w| w.deadline)
-                    .max()
-                    .unwrap_or(now);
+                let deadline = want.waiters.iter().map(|w| w.deadline).max().unwrap_or(now);
                 discover.push((*cid, deadline));
             }
         }
@@ -664,19 +670,17 @@ impl SwarmTask {
             }
         }
         match (started, error) {
-            (0, Some(e)) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(e));
-                } else {
-                    tracing::warn!("{e}");
+            (0, error) => {
+                let error = error.unwrap_or_else(|| NetError::Dht("no DHT is enabled".into()));
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                    None => {
+                        tracing::warn!("reprovide: {error}");
+                        self.reprovide_done(true);
+                    }
                 }
-                self.reprovide_done(None);
-            }
-            (0, None) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(NetError::Dht("no DHT is enabled".into())));
-                }
-                self.reprovide_done(None);
             }
             (n, _) => {
                 self.provide_waits.insert(id, (n, reply));
@@ -706,7 +710,7 @@ impl SwarmTask {
                     Some(reply) => {
                         let _ = reply.send(Ok(()));
                     }
-                    None => self.reprovide_done(Some(id)),
+                    None => self.reprovide_done(true),
                 }
             }
         }
@@ -748,13 +752,16 @@ impl SwarmTask {
             }
         }
         tracing::debug!("reproviding {} pinned roots", roots.len());
+        self.reprovided_to_peers = self.dht_peers() > 0;
         self.reprovide_queue = roots.into();
         self.reprovide_running = 0;
-        self.reprovide_done(None);
+        self.reprovide_done(false);
     }
 
-    fn reprovide_done(&mut self, finished: Option<u64>) {
-        if finished.is_some() {
+    /// Starts queued announcements up to the concurrency cap; `finished`:
+    /// one reprovide announcement just ended.
+    fn reprovide_done(&mut self, finished: bool) {
+        if finished {
             self.reprovide_running = self.reprovide_running.saturating_sub(1);
         }
         while self.reprovide_running < MAX_REPROVIDES {
@@ -807,7 +814,10 @@ impl SwarmTask {
                 endpoint,
                 ..
             } => {
-                tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
+                tracing::debug!(
+                    "connected to {peer_id} at {}",
+                    endpoint.get_remote_address()
+                );
                 self.peers
                     .entry(peer_id)
                     .or_default()
@@ -921,7 +931,30 @@ impl SwarmTask {
         }
     }
 
+    fn dht_peers(&mut self) -> usize {
+        let behaviour = self.swarm.behaviour_mut();
+        let mut count = 0;
+        for kad in [behaviour.lan_kad.as_mut(), behaviour.public_kad.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            count += kad.kbuckets().map(|b| b.num_entries()).sum::<usize>();
+        }
+        count
+    }
+
     fn on_kad_event(&mut self, dht: Dht, event: kad::Event) {
+        if let kad::Event::RoutingUpdated {
+            is_new_peer: true, ..
+        } = event
+        {
+            if !self.reprovided_to_peers {
+                // Pinned roots announced at start reached nobody: now they can.
+                self.reprovided_to_peers = true;
+                self.load_pins();
+            }
+            return;
+        }
         let kad::Event::OutboundQueryProgressed {
             id, result, step, ..
         } = event
@@ -1113,7 +1146,9 @@ mod tests {
         for a in local {
             assert!(!is_global(&a.parse().expect("addr")), "{a}");
         }
-        assert!(is_global(&"/ip4/104.131.131.82/tcp/4001".parse().expect("addr")));
+        assert!(is_global(
+            &"/ip4/104.131.131.82/tcp/4001".parse().expect("addr")
+        ));
         assert!(!dialable(&"/ip4/0.0.0.0/tcp/1".parse().expect("addr")));
     }
 

@@ -68,7 +68,9 @@ pub(crate) fn build(
     if !quic_enabled {
         tracing::info!(
             "private network (swarm key {}): QUIC is off, libp2p pnet only protects TCP",
-            swarm_key.map(|k| k.fingerprint().to_string()).unwrap_or_default()
+            swarm_key
+                .map(|k| k.fingerprint().to_string())
+                .unwrap_or_default()
         );
     }
     let transport = if quic_enabled {
@@ -93,12 +95,7 @@ pub(crate) fn build(
     } else {
         transport
     };
-    Ok((
-        transport,
-        Transports {
-            quic: quic_enabled,
-        },
-    ))
+    Ok((transport, Transports { quic: quic_enabled }))
 }
 
 /// QUIC muxer wrapper for go-libp2p peers: Kubo sends a one-shot message
