@@ -220,9 +220,12 @@ impl Store {
             if !self.packs.is_idle(id) {
                 continue;
             }
+            // Sized as after this run: a reclaimed pack's dead bytes go away
+            // and its live bytes move to the active pack.
             total += size;
             if live_bytes == 0 || live_bytes.saturating_mul(2) < size || size < small {
                 chosen.push((id, size));
+                total -= dead;
             } else {
                 dead_left += dead;
                 optional.push((live_bytes as f64 / size as f64, id, size, dead));
@@ -235,6 +238,7 @@ impl Store {
             }
             chosen.push((id, size));
             dead_left -= dead;
+            total -= dead;
         }
         Ok(chosen)
     }

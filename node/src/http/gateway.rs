@@ -434,8 +434,17 @@ fn car_stream(state: &GatewayState, root: Cid) -> Body {
         };
         if let Err(e) = car::export(&blocks, &root, &mut writer) {
             tracing::warn!("gateway: CAR of {root} cut short: {e}");
-            // What was complete goes out first; the error then cuts the stream.
-            let _ = writer.send();
+            // What was complete goes out first; the error then cuts the
+            // stream. hyper drops its unflushed output (the status line
+            // too) when the body fails, so wait until the client has taken
+            // every chunk before failing.
+            if writer.send().is_ok() {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while tx.capacity() < CAR_CHUNKS_AHEAD && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
