@@ -34,6 +34,10 @@ pub struct DaemonConfig {
     pub http: SocketAddr,
     /// Extra signing for narinfos the binary cache serves.
     pub sign_key: Option<ipnix_bridge::narinfo::SecretKey>,
+    /// How long the binary cache waits for peers to answer a narinfo it lacks.
+    pub peer_timeout: std::time::Duration,
+    /// How long one block may take from peers before a read fails.
+    pub fetch_timeout: std::time::Duration,
 }
 
 /// What a running daemon tells its caller once it is up.
@@ -71,6 +75,8 @@ pub async fn run(
         node: Some(handle.clone()),
         runner,
         sign_key: config.sign_key.map(Arc::new),
+        peer_timeout: config.peer_timeout,
+        fetch_timeout: config.fetch_timeout,
     });
     let ready = Ready {
         peer_id: handle.peer_id(),

@@ -11,7 +11,7 @@ use cid::Cid;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use ipnix_store::block::{IDENTITY, RAW};
-use ipnix_store::links::{links, LinksError};
+use ipnix_store::links::{dag_links, DagLinks, LinksError};
 use ipnix_store::{BlockRead, PinMode, Store, StoreError};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +107,9 @@ pub struct FetchOptions {
     pub block_timeout: Duration,
     /// Pin the root in the same transaction as the last blocks.
     pub pin: Option<(PinMode, Option<String>)>,
+    /// CIDs the walk neither fetches nor descends into: a path-info's
+    /// references, to fetch one store path rather than its whole closure.
+    pub skip: Vec<Cid>,
     pub progress: Option<ProgressFn>,
 }
 
@@ -117,6 +120,7 @@ impl std::fmt::Debug for FetchOptions {
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("block_timeout", &self.block_timeout)
             .field("pin", &self.pin)
+            .field("skip", &self.skip.len())
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +132,7 @@ impl Default for FetchOptions {
             max_in_flight_bytes: 32 * 1024 * 1024,
             block_timeout: Duration::from_secs(120),
             pin: None,
+            skip: Vec::new(),
             progress: None,
         }
     }
@@ -236,8 +241,8 @@ impl RecentSet {
 /// What the store says about one CID of the walk.
 enum Local {
     Missing,
-    /// Present; its links (empty for raw blocks, which are not read).
-    Present(Vec<Cid>),
+    /// Present; its links (none for raw blocks, which are not read).
+    Present(DagLinks),
 }
 
 async fn check_local(store: &Arc<Store>, cid: Cid) -> Result<Local, FetchError> {
@@ -247,11 +252,11 @@ async fn check_local(store: &Arc<Store>, cid: Cid) -> Result<Local, FetchError> 
             return Ok(Local::Missing);
         }
         if cid.codec() == RAW {
-            return Ok(Local::Present(Vec::new()));
+            return Ok(Local::Present(DagLinks::default()));
         }
         match store.get(&cid)? {
             Some(data) => Ok(Local::Present(
-                links(&cid, &data).map_err(|source| FetchError::links(cid, source))?,
+                dag_links(&cid, &data).map_err(|source| FetchError::links(cid, source))?,
             )),
             // Deleted between the two calls (GC): fetch it again.
             None => Ok(Local::Missing),
@@ -279,6 +284,9 @@ pub async fn fetch_dag(
     let mut progress = FetchProgress::default();
     let mut pending: Vec<Cid> = vec![root];
     let mut recent = RecentSet::new();
+    // Large blobs a path-info covers have no git-raw block of their own
+    // (DESIGN.md I-11); the set grows with path-infos walked, not with bytes.
+    let mut covered: HashSet<Cid> = opts.skip.iter().copied().collect();
     let mut in_flight = FuturesUnordered::new();
     let mut avg_block = ASSUMED_BLOCK_SIZE;
     let mut last_block = Instant::now();
@@ -292,15 +300,16 @@ pub async fn fetch_dag(
             (opts.max_in_flight_bytes / avg_block.max(1)).clamp(8, opts.max_in_flight.max(1));
         while in_flight.len() < window {
             let Some(cid) = pending.pop() else { break };
-            if recent.contains(&cid) || cid.hash().code() == IDENTITY {
+            if recent.contains(&cid) || cid.hash().code() == IDENTITY || covered.contains(&cid) {
                 continue;
             }
             recent.insert(cid);
             match check_local(&store, cid).await? {
-                Local::Present(children) => {
+                Local::Present(dag) => {
                     writer.send(WriterMsg::TempPin(cid)).await?;
                     progress.local_blocks += 1;
-                    pending.extend(children.into_iter().rev());
+                    covered.extend(dag.covered);
+                    pending.extend(dag.children.into_iter().rev());
                 }
                 Local::Missing => {
                     let node = node.clone();
@@ -328,14 +337,15 @@ pub async fn fetch_dag(
         tokio::select! {
             Some((cid, result)) = in_flight.next() => {
                 let data = result.map_err(|source| FetchError::block(cid, source))?;
-                let children = links(&cid, &data).map_err(|source| FetchError::links(cid, source))?;
+                let dag = dag_links(&cid, &data).map_err(|source| FetchError::links(cid, source))?;
                 progress.fetched_blocks += 1;
                 progress.fetched_bytes += data.len() as u64;
                 progress.in_flight = in_flight.len();
                 avg_block = (progress.fetched_bytes / progress.fetched_blocks) as usize;
                 last_block = Instant::now();
                 writer.send(WriterMsg::Put(cid, data)).await?;
-                pending.extend(children.into_iter().rev());
+                covered.extend(dag.covered);
+                pending.extend(dag.children.into_iter().rev());
                 if let Some(report) = &opts.progress {
                     report(&progress);
                 }
@@ -415,8 +425,8 @@ impl NetworkBlocks {
             .map_err(|source| FetchError::block(*cid, source))?;
         self.store.put(cid, &data)?;
         if cid.codec() != RAW {
-            if let Ok(children) = links(cid, &data) {
-                self.prefetch(node, children);
+            if let Ok(dag) = dag_links(cid, &data) {
+                self.prefetch(node, dag.children);
             }
         }
         Ok(data)

@@ -8,4 +8,5 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod pathinfo;
 pub mod repo;

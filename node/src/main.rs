@@ -99,6 +99,12 @@ pub struct DaemonArgs {
     /// Sign narinfos served by the binary cache with this Nix secret key (name:base64)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// How long a narinfo this node lacks waits for peers to answer, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub peer_timeout: u64,
+    /// How long one block may take to arrive from peers before a read fails, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub fetch_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -5,68 +5,15 @@
 //! Run under /work/shared/peers/sandbox (loopback only).
 
 use ipnix_node::fetch::{fetch_dag, FetchOptions, NetworkBlocks};
-use ipnix_node::net::{Keypair, Multiaddr, NetConfig, NetError, Node, NodeHandle, PreSharedKey};
+use ipnix_node::net::{Keypair, NetConfig, NetError, Node, NodeHandle, PreSharedKey};
 use ipnix_store::block::{cid_for, RAW};
 use ipnix_store::unixfs::{self, Profile};
 use ipnix_store::{BlockRead, PinMode, Store};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct TestNode {
-    node: Node,
-    store: Arc<Store>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestNode {
-    async fn start(configure: impl FnOnce(&mut NetConfig)) -> TestNode {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let mut config = NetConfig::loopback(Keypair::generate_ed25519());
-        configure(&mut config);
-        let node = Node::start(config, store.clone())
-            .await
-            .expect("node starts");
-        TestNode {
-            node,
-            store,
-            _dir: dir,
-        }
-    }
-
-    fn handle(&self) -> NodeHandle {
-        self.node.handle()
-    }
-
-    async fn addr(&self, quic: bool) -> Multiaddr {
-        self.handle()
-            .listen_addrs()
-            .await
-            .expect("addrs")
-            .into_iter()
-            .find(|a| a.to_string().contains("/quic-v1") == quic)
-            .expect("a listen address of that transport")
-    }
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    use rand::RngCore;
-    let mut data = vec![0u8; len];
-    rand::thread_rng().fill_bytes(&mut data);
-    data
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+mod net_support;
+use net_support::{random_bytes, wait_for, TestNode};
 
 async fn block_round_trip(quic: bool) {
     let a = TestNode::start(|_| {}).await;

@@ -2,5 +2,6 @@
 //! binary, starting real Kubo and Helia peers, skipping with a printed reason.
 
 pub mod cli;
+pub mod netns;
 pub mod nix;
 pub mod peers;

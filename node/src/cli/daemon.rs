@@ -2,7 +2,7 @@
 //! tokio runtime, and runs forwarded CLI commands inside it.
 
 use super::{error_line, execute, Ctx, Io};
-use crate::{Cli, DaemonArgs};
+use crate::{Cli, Command, DaemonArgs, DagCommand, NixCommand, PinCommand};
 use anyhow::Context as _;
 use clap::Parser;
 use ipnix_node::daemon::{self, DaemonConfig, Ready};
@@ -34,7 +34,14 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
     net.mdns = !args.no_mdns;
     net.public_dht = args.public;
     if let Some(path) = &args.swarm_key {
-        net.swarm_key = Some(read_swarm_key(path)?);
+        let key = read_swarm_key(path)?;
+        // The transport logs this through tracing, which the binary does not
+        // print; a private network without QUIC must not be a surprise.
+        eprintln!(
+            "ipnix: private network (swarm key {}): TCP only, QUIC is off because libp2p pnet cannot protect it",
+            key.fingerprint()
+        );
+        net.swarm_key = Some(key);
     }
     let http = args
         .http
@@ -59,6 +66,8 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         net,
         http,
         sign_key,
+        peer_timeout: std::time::Duration::from_millis(args.peer_timeout),
+        fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -142,7 +151,18 @@ impl CommandRunner for DaemonRunner {
             stdin: &mut stdin,
             stdout: &mut stdout,
         };
+        let announces = matches!(
+            cli.command,
+            Command::Add(_)
+                | Command::Pin(PinCommand::Add { .. })
+                | Command::Dag(DagCommand::Import { .. })
+                | Command::Nix(NixCommand::Import { .. })
+        );
         let result = execute(&ctx, cli.command, &mut io);
+        if announces && result.is_ok() {
+            // Kubo announces what it adds; so do we, rather than at the next reprovide.
+            self.node.reprovide();
+        }
         let flushed = stdout.flush();
         match result.and(flushed.map_err(anyhow::Error::from)) {
             Ok(()) => 0,

@@ -20,6 +20,10 @@ pub struct HttpState {
     pub runner: Arc<dyn api::CommandRunner>,
     /// Extra signature for narinfos the binary cache serves.
     pub sign_key: Option<Arc<ipnix_bridge::narinfo::SecretKey>>,
+    /// How long the binary cache waits for peers to answer a narinfo it lacks.
+    pub peer_timeout: std::time::Duration,
+    /// How long one block may take from peers.
+    pub fetch_timeout: std::time::Duration,
 }
 
 /// One router for all surfaces.
@@ -28,11 +32,11 @@ pub fn router(state: HttpState) -> Router {
         state.store.clone(),
         state.node.clone(),
     ));
-    let nixcache = nixcache::router(nixcache::NixCacheState::new(
-        state.store.clone(),
-        state.node.clone(),
-        state.sign_key,
-    ));
+    let nixcache = nixcache::router(
+        nixcache::NixCacheState::new(state.store.clone(), state.node.clone(), state.sign_key)
+            .with_peer_timeout(state.peer_timeout)
+            .with_fetch_timeout(state.fetch_timeout),
+    );
     let metrics = crate::metrics::router(crate::metrics::MetricsState {
         store: state.store,
         node: state.node,

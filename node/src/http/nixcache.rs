@@ -5,12 +5,20 @@
 //! cuts the response short, so a client never receives a complete wrong NAR.
 //! Blocks missing locally are read through the network when a node runs.
 //!
+//! A narinfo this node lacks is asked of peers (`/ipnix/pathinfo/1.0.0`,
+//! connected peers and DHT providers) for at most [`DEFAULT_PEER_TIMEOUT`];
+//! the path-info a peer names is fetched over Bitswap (verified against its
+//! CID) and must be the path-info of the store path asked for before it is
+//! served. Misses are remembered for [`MISS_TTL`]. When Nix then asks for the
+//! NAR, the path's DAG is fetched with many wants in flight while the NAR
+//! streams, every block verified and stored, the NAR hash checked as it goes.
+//!
 //! The NAR URL names the path-info CID rather than the NAR hash: the CID
 //! pins down the path-info (and with it the expected NAR hash and size), so
 //! serving a NAR needs no second index and works for path-infos that are
 //! only available from peers.
 
-use crate::fetch::NetworkBlocks;
+use crate::fetch::{fetch_dag, FetchOptions, NetworkBlocks};
 use crate::net::NodeHandle;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -26,15 +34,13 @@ use ipnix_bridge::narinfo::{NarInfo, SecretKey};
 use ipnix_bridge::PathInfo;
 use ipnix_store::block::DAG_CBOR;
 use ipnix_store::{BlockRead, Store, StoreError};
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
 
-/// Store index namespace: store-path hash part (32 nix32 characters, as
-/// bytes) -> path-info CID (bytes). Written by `ipnix nix import` in the same
-/// transaction as the path's pin.
-pub const PATH_INDEX: &str = "nix-path";
+pub use crate::pathinfo::PATH_INDEX;
 /// Prefix of the pin names `ipnix nix import` gives path-infos.
 pub const PIN_PREFIX: &str = "nix:";
 /// What `/nix-cache-info` says. Priority 30: ahead of cache.nixos.org (40),
@@ -43,6 +49,50 @@ const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n
 /// Bytes per body chunk of a NAR, and chunks queued ahead of the client.
 const NAR_CHUNK: usize = 256 * 1024;
 const NAR_CHUNKS_AHEAD: usize = 8;
+/// How long a narinfo miss waits for peers to say they have the path.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long "no peer has it" is remembered.
+pub const MISS_TTL: Duration = Duration::from_secs(10);
+/// Store paths whose answer from peers is remembered.
+const LEARNED_CAPACITY: usize = 4096;
+/// Store-path DAGs fetched from peers at once while their NARs stream.
+const BACKGROUND_FETCHES: usize = 4;
+/// How long the path-info block a peer named may take to arrive.
+const PATHINFO_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What peers said about store-path hash parts: a path-info CID, or nobody
+/// had it (with when). Bounded; the oldest entry goes first.
+#[derive(Default)]
+struct Learned {
+    answers: HashMap<String, (Option<Cid>, Instant)>,
+    order: VecDeque<String>,
+}
+
+impl Learned {
+    /// `Some(answer)` while the answer is fresh (misses expire).
+    fn get(&self, hash_part: &str) -> Option<Option<Cid>> {
+        let (answer, at) = self.answers.get(hash_part)?;
+        if answer.is_none() && at.elapsed() >= MISS_TTL {
+            return None;
+        }
+        Some(*answer)
+    }
+
+    fn insert(&mut self, hash_part: &str, answer: Option<Cid>) {
+        if self
+            .answers
+            .insert(hash_part.to_owned(), (answer, Instant::now()))
+            .is_none()
+        {
+            self.order.push_back(hash_part.to_owned());
+            while self.order.len() > LEARNED_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.answers.remove(&old);
+                }
+            }
+        }
+    }
+}
 
 /// The path-info CID the index holds for a store-path hash part.
 pub fn indexed_pathinfo(store: &Store, hash_part: &str) -> Result<Option<Cid>, StoreError> {
@@ -92,6 +142,10 @@ pub struct NixCacheState {
     sign_key: Option<Arc<SecretKey>>,
     /// How long to wait for a block from peers.
     fetch_timeout: Duration,
+    /// How long a narinfo miss waits for peers' answers.
+    peer_timeout: Duration,
+    learned: Arc<Mutex<Learned>>,
+    background_fetches: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for NixCacheState {
@@ -103,6 +157,7 @@ impl std::fmt::Debug for NixCacheState {
                 &self.sign_key.as_ref().map(|k| k.name().to_owned()),
             )
             .field("fetch_timeout", &self.fetch_timeout)
+            .field("peer_timeout", &self.peer_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -120,7 +175,110 @@ impl NixCacheState {
             node,
             sign_key,
             fetch_timeout: Duration::from_secs(60),
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
+            learned: Arc::default(),
+            background_fetches: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
         }
+    }
+
+    /// How long one block may take from peers before a NAR fails.
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// How long a narinfo this node lacks waits for peers.
+    pub fn with_peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = timeout;
+        self
+    }
+
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.learned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The path-info of `hash_part` from peers: asks them (unless a fresh
+    /// answer is remembered), fetches the block they name and checks that it
+    /// is the path-info of this store path. `Ok(None)`: nobody has it.
+    async fn pathinfo_from_peers(
+        &self,
+        node: &NodeHandle,
+        hash_part: &str,
+    ) -> Result<Option<(Cid, PathInfo)>, String> {
+        let remembered = self.learned().get(hash_part);
+        let cid = match remembered {
+            Some(None) => return Ok(None),
+            Some(Some(cid)) => cid,
+            None => match node.find_pathinfo(hash_part, self.peer_timeout).await {
+                Ok(Some((peer, cid))) => {
+                    tracing::debug!("nix cache: {peer} has {hash_part} as {cid}");
+                    cid
+                }
+                Ok(None) => {
+                    self.learned().insert(hash_part, None);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        let blocks = NetworkBlocks::new(
+            self.store.clone(),
+            Some(node.clone()),
+            PATHINFO_FETCH_TIMEOUT,
+        );
+        let loaded = tokio::task::spawn_blocking(move || load_pathinfo(&blocks, &cid))
+            .await
+            .map_err(|e| e.to_string())?;
+        match loaded {
+            Ok(info) if info.store_path().hash_part() == hash_part => {
+                self.learned().insert(hash_part, Some(cid));
+                Ok(Some((cid, info)))
+            }
+            Ok(info) => {
+                tracing::warn!(
+                    "nix cache: a peer named {cid} for {hash_part}, but it is the path-info of {}",
+                    info.store_path
+                );
+                self.learned().insert(hash_part, None);
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::info!("nix cache: path-info {cid} for {hash_part} from peers: {e}");
+                self.learned().insert(hash_part, None);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Starts fetching a store path's own DAG (not its references) with many
+    /// wants in flight, so the NAR render finds blocks arriving ahead of it.
+    fn prefetch_path(&self, cid: Cid, info: &PathInfo) {
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        let Ok(permit) = self.background_fetches.clone().try_acquire_owned() else {
+            // Busy: the render still reads missing blocks one by one.
+            return;
+        };
+        let opts = FetchOptions {
+            block_timeout: self.fetch_timeout,
+            skip: info.references.iter().map(|r| r.info).collect(),
+            ..FetchOptions::default()
+        };
+        let store = self.store.clone();
+        let store_path = info.store_path.clone();
+        tokio::spawn(async move {
+            match fetch_dag(&node, store, cid, opts).await {
+                Ok(summary) => tracing::info!(
+                    "nix cache: fetched {store_path}: {} blocks, {} bytes from peers in {:?}",
+                    summary.fetched_blocks,
+                    summary.fetched_bytes,
+                    summary.elapsed
+                ),
+                Err(e) => tracing::warn!("nix cache: fetching {store_path} from peers: {e}"),
+            }
+            drop(permit);
+        });
     }
 
     /// Blocks as the cache reads them (store first, then peers). Must be
@@ -200,19 +358,30 @@ async fn narinfo(State(state): State<NixCacheState>, Path(file): Path<String>) -
         let hash_part = hash_part.clone();
         tokio::task::spawn_blocking(move || find_pathinfo(&store, &blocks, &hash_part)).await
     };
-    let (cid, info) = match lookup {
-        Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("{hash_part} is not in this cache"),
-            )
-        }
+    let local = match lookup {
+        Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::warn!("nix cache: narinfo {hash_part}: {e}");
             return text(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let found = match (local, &state.node) {
+        (Some(found), _) => Some(found),
+        (None, Some(node)) => match state.pathinfo_from_peers(node, &hash_part).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("nix cache: asking peers for {hash_part}: {e}");
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let Some((cid, info)) = found else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{hash_part} is not in this cache"),
+        );
     };
     if info.store_dir() != DEFAULT_STORE_DIR {
         return text(
@@ -271,6 +440,12 @@ async fn nar(
     let mut response = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
+        // A path learned from peers may be partly here (an earlier transfer
+        // broke off): the walk skips what is stored and fetches the rest.
+        let from_peers = state.learned().get(info.store_path().hash_part()) == Some(Some(cid));
+        if from_peers || !matches!(state.store.has(&info.root.cid), Ok(true)) {
+            state.prefetch_path(cid, &info);
+        }
         Response::new(nar_stream(blocks, cid, info.store_path.clone()))
     };
     let headers = response.headers_mut();

@@ -1,7 +1,7 @@
 //! The composed `NetworkBehaviour`: what each protocol is configured with.
 
 use super::{NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL, MAX_KAD_PACKET};
-use crate::bitswap;
+use crate::{bitswap, pathinfo};
 use bytes::Bytes;
 use cid::Cid;
 use ipnix_store::Store;
@@ -29,6 +29,7 @@ pub(crate) struct Behaviour {
     pub public_kad: Toggle<kad::Behaviour<MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub bitswap: bitswap::Behaviour,
+    pub pathinfo: pathinfo::Behaviour,
 }
 
 /// Bitswap serves from the store, answering want-have from the index alone.
@@ -98,6 +99,7 @@ impl Behaviour {
                 .into(),
             mdns: mdns.into(),
             bitswap: bitswap::Behaviour::new(config.bitswap.clone(), Arc::new(StoreSource(store))),
+            pathinfo: pathinfo::behaviour(),
         })
     }
 }

@@ -5,6 +5,7 @@ use super::{Multiaddr, NetError, PeerId};
 use crate::bitswap::StatsSnapshot;
 use bytes::Bytes;
 use cid::Cid;
+use futures::future::Either;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,6 +60,15 @@ pub(crate) enum Command {
         discover: bool,
         reply: Reply<Bytes>,
     },
+    AskPathInfo {
+        hash_part: String,
+        /// `None`: every connected peer.
+        peers: Option<Vec<PeerId>>,
+        deadline: Instant,
+        reply: Reply<Option<(PeerId, Cid)>>,
+    },
+    /// Announce pinned roots and held path-infos now (after an import).
+    Reprovide,
     NewBlocks(Vec<Cid>),
     Stats(oneshot::Sender<NodeStats>),
     Shutdown(oneshot::Sender<()>),
@@ -127,6 +137,72 @@ impl NodeHandle {
     /// record is kept and republished).
     pub async fn provide(&self, cid: Cid) -> Result<(), NetError> {
         self.ask(|tx| Command::Provide(cid, tx)).await?
+    }
+
+    /// Asks peers over `/ipnix/pathinfo/1.0.0` which path-info they hold for
+    /// a store-path hash part: connected peers at once and, in parallel,
+    /// providers of its DHT key (connected as they are found). The first
+    /// peer that names one wins; `None` when nobody did within `timeout`.
+    /// The CID is only a pointer: the caller fetches and checks the block.
+    pub async fn find_pathinfo(
+        &self,
+        hash_part: &str,
+        timeout: Duration,
+    ) -> Result<Option<(PeerId, Cid)>, NetError> {
+        let deadline = Instant::now() + timeout;
+        let connected = async {
+            match self.ask_pathinfo(hash_part, None, deadline).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!("asking connected peers for {hash_part}: {e}");
+                    None
+                }
+            }
+        };
+        let via_dht = async {
+            let key = crate::pathinfo::provider_cid(hash_part);
+            let providers = match self.connect_providers(key, 4, timeout).await {
+                Ok(providers) if !providers.is_empty() => providers,
+                _ => return None,
+            };
+            self.ask_pathinfo(hash_part, Some(providers), deadline)
+                .await
+                .ok()
+                .flatten()
+        };
+        let first_found = async {
+            futures::pin_mut!(connected, via_dht);
+            match futures::future::select(connected, via_dht).await {
+                Either::Left((Some(found), _)) | Either::Right((Some(found), _)) => Some(found),
+                Either::Left((None, other)) => other.await,
+                Either::Right((None, other)) => other.await,
+            }
+        };
+        Ok(tokio::time::timeout(timeout, first_found)
+            .await
+            .unwrap_or(None))
+    }
+
+    async fn ask_pathinfo(
+        &self,
+        hash_part: &str,
+        peers: Option<Vec<PeerId>>,
+        deadline: Instant,
+    ) -> Result<Option<(PeerId, Cid)>, NetError> {
+        self.ask(|reply| Command::AskPathInfo {
+            hash_part: hash_part.to_owned(),
+            peers,
+            deadline,
+            reply,
+        })
+        .await?
+    }
+
+    /// Announces pinned roots and held path-infos in the DHT now, rather than
+    /// at the next reprovide; returns at once.
+    pub fn reprovide(&self) {
+        // A full queue means a reprovide is already on its way.
+        let _ = self.commands.try_send(Command::Reprovide);
     }
 
     /// Up to `limit` peers that provide `cid`, from the DHTs, within `timeout`.

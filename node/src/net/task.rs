@@ -5,7 +5,7 @@
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::handle::{Command, NodeStats, PeerInfo, Reply};
 use super::{transport, NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL};
-use crate::bitswap;
+use crate::{bitswap, pathinfo};
 use bytes::Bytes;
 use cid::Cid;
 use futures::StreamExt;
@@ -13,6 +13,7 @@ use ipnix_store::Store;
 use libp2p::core::transport::ListenerId;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
@@ -41,6 +42,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PENALTIES: u32 = 8;
 /// Listen addresses kept per identified peer for the DHT.
 const MAX_ADDRS_PER_PEER: usize = 16;
+/// Path-info questions to peers running at once, and peers asked per question.
+const MAX_PATHINFO_ASKS: usize = 256;
+const MAX_PATHINFO_PEERS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Dht {
@@ -69,6 +73,14 @@ struct ProviderLookup {
     reply: Option<Reply<Vec<PeerId>>>,
     /// A discovery lookup started for a wanted block (counts against its own cap).
     discovery: bool,
+}
+
+/// One "which path-info has hash H?" sent to several peers; the first
+/// positive answer wins.
+struct PathInfoAsk {
+    outstanding: usize,
+    deadline: Instant,
+    reply: Reply<Option<(PeerId, Cid)>>,
 }
 
 struct PendingDial {
@@ -113,6 +125,9 @@ pub(crate) struct SwarmTask {
     reprovided_to_peers: bool,
     pins_tx: mpsc::Sender<Vec<Cid>>,
     pins_rx: mpsc::Receiver<Vec<Cid>>,
+    pathinfo_asks: HashMap<u64, PathInfoAsk>,
+    ask_of_request: HashMap<OutboundRequestId, u64>,
+    next_ask: u64,
 }
 
 impl SwarmTask {
@@ -169,6 +184,9 @@ impl SwarmTask {
             reprovided_to_peers: false,
             pins_tx,
             pins_rx,
+            pathinfo_asks: HashMap::new(),
+            ask_of_request: HashMap::new(),
+            next_ask: 0,
         })
     }
 
@@ -298,6 +316,13 @@ impl SwarmTask {
                 discover,
                 reply,
             } => self.want_block(cid, deadline, discover, reply),
+            Command::AskPathInfo {
+                hash_part,
+                peers,
+                deadline,
+                reply,
+            } => self.ask_pathinfo(hash_part, peers, deadline, reply),
+            Command::Reprovide => self.load_pins(),
             Command::NewBlocks(cids) => {
                 self.swarm.behaviour_mut().bitswap.notify_new_blocks(&cids);
             }
@@ -492,6 +517,20 @@ impl SwarmTask {
                 self.start_lookup(cid, DISCOVERY_PROVIDERS, deadline, true, None, true);
             }
         }
+
+        let expired: Vec<u64> = self
+            .pathinfo_asks
+            .iter()
+            .filter(|(_, a)| a.deadline <= now || a.reply.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(ask) = self.pathinfo_asks.remove(&id) {
+                let _ = ask.reply.send(Ok(None));
+            }
+        }
+        self.ask_of_request
+            .retain(|_, id| self.pathinfo_asks.contains_key(id));
 
         let expired: Vec<u64> = self
             .lookups
@@ -728,12 +767,21 @@ impl SwarmTask {
         {
             let store = self.store.clone();
             let tx = self.pins_tx.clone();
-            tokio::task::spawn_blocking(move || match store.pins() {
-                Ok(pins) => {
-                    let roots = pins.into_iter().map(|p| p.cid).collect();
-                    let _ = tx.blocking_send(roots);
+            tokio::task::spawn_blocking(move || {
+                let pins = match store.pins() {
+                    Ok(pins) => pins,
+                    Err(e) => return tracing::warn!("reprovide: cannot list pins: {e}"),
+                };
+                let mut keys: Vec<Cid> = pins.into_iter().map(|p| p.cid).collect();
+                // Holders of a store path's path-info announce it under a key
+                // derived from its hash part, for peers beyond the LAN hop.
+                match store.index_scan(pathinfo::PATH_INDEX) {
+                    Ok(paths) => keys.extend(paths.iter().filter_map(|(hash, _)| {
+                        std::str::from_utf8(hash).ok().map(pathinfo::provider_cid)
+                    })),
+                    Err(e) => tracing::warn!("reprovide: cannot list store paths: {e}"),
                 }
-                Err(e) => tracing::warn!("reprovide: cannot list pins: {e}"),
+                let _ = tx.blocking_send(keys);
             });
         }
     }
@@ -876,6 +924,7 @@ impl SwarmTask {
             BehaviourEvent::LanKad(event) => self.on_kad_event(Dht::Lan, event),
             BehaviourEvent::PublicKad(event) => self.on_kad_event(Dht::Public, event),
             BehaviourEvent::Bitswap(event) => self.on_bitswap_event(event),
+            BehaviourEvent::Pathinfo(event) => self.on_pathinfo_event(event),
             _ => {}
         }
     }
@@ -933,6 +982,146 @@ impl SwarmTask {
                     tracing::debug!("dialling mDNS peer {peer}: {e}");
                 }
             }
+        }
+    }
+
+    // ------------------------------------------------------------ path-infos
+
+    /// Sends the question to `peers` (default: every connected peer that did
+    /// not say it lacks the protocol); the reply is the first positive answer,
+    /// or `None` once all answered or the deadline passed.
+    fn ask_pathinfo(
+        &mut self,
+        hash_part: String,
+        peers: Option<Vec<PeerId>>,
+        deadline: Instant,
+        reply: Reply<Option<(PeerId, Cid)>>,
+    ) {
+        if self.pathinfo_asks.len() >= MAX_PATHINFO_ASKS {
+            let _ = reply.send(Err(NetError::Busy(self.pathinfo_asks.len())));
+            return;
+        }
+        let me = self.local_peer_id();
+        let targets: Vec<PeerId> = match peers {
+            Some(peers) => peers.into_iter().filter(|p| *p != me).collect(),
+            None => self
+                .peers
+                .iter()
+                .filter(|(_, state)| {
+                    // Not yet identified peers are asked too: identify may lag.
+                    state.protocols.is_empty()
+                        || state
+                            .protocols
+                            .iter()
+                            .any(|p| p == pathinfo::PROTOCOL.as_ref())
+                })
+                .map(|(peer, _)| *peer)
+                .collect(),
+        };
+        if targets.is_empty() {
+            let _ = reply.send(Ok(None));
+            return;
+        }
+        let id = self.next_ask;
+        self.next_ask += 1;
+        let mut outstanding = 0;
+        for peer in targets.into_iter().take(MAX_PATHINFO_PEERS) {
+            let request = pathinfo::Request {
+                hash_part: hash_part.clone(),
+            };
+            let request_id = self
+                .swarm
+                .behaviour_mut()
+                .pathinfo
+                .send_request(&peer, request);
+            self.ask_of_request.insert(request_id, id);
+            outstanding += 1;
+        }
+        self.pathinfo_asks.insert(
+            id,
+            PathInfoAsk {
+                outstanding,
+                deadline,
+                reply,
+            },
+        );
+    }
+
+    /// One peer's answer (or failure) to an ask.
+    fn on_pathinfo_answer(&mut self, request: OutboundRequestId, found: Option<(PeerId, Cid)>) {
+        let Some(id) = self.ask_of_request.remove(&request) else {
+            return;
+        };
+        let Some(ask) = self.pathinfo_asks.get_mut(&id) else {
+            return;
+        };
+        ask.outstanding = ask.outstanding.saturating_sub(1);
+        if found.is_some() || ask.outstanding == 0 {
+            if let Some(ask) = self.pathinfo_asks.remove(&id) {
+                let _ = ask.reply.send(Ok(found));
+            }
+        }
+    }
+
+    /// Answers from the store index: only a path-info whose block is here.
+    fn local_pathinfo(&self, hash_part: &str) -> Option<Cid> {
+        let bytes = self
+            .store
+            .index_get(pathinfo::PATH_INDEX, hash_part.as_bytes())
+            .map_err(|e| tracing::warn!("path-info lookup {hash_part}: {e}"))
+            .ok()??;
+        let cid = Cid::try_from(bytes.as_slice()).ok()?;
+        matches!(self.store.has(&cid), Ok(true)).then_some(cid)
+    }
+
+    fn on_pathinfo_event(&mut self, event: pathinfo::Event) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let found = self.local_pathinfo(&request.hash_part);
+                tracing::debug!("path-info {} asked by {peer}: {found:?}", request.hash_part);
+                let response = pathinfo::Response { pathinfo: found };
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .pathinfo
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("path-info answer to {peer}: the stream closed");
+                }
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let found = response.pathinfo.map(|cid| (peer, cid));
+                self.on_pathinfo_answer(request_id, found);
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!("path-info question to {peer} failed: {error}");
+                self.on_pathinfo_answer(request_id, None);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("path-info question from {peer} failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -1056,6 +1245,9 @@ impl SwarmTask {
             if let Some(reply) = lookup.reply {
                 let _ = reply.send(Err(NetError::Shutdown));
             }
+        }
+        for (_, ask) in self.pathinfo_asks.drain() {
+            let _ = ask.reply.send(Err(NetError::Shutdown));
         }
         for (_, (_, reply)) in self.provide_waits.drain() {
             if let Some(reply) = reply {
