@@ -139,14 +139,14 @@ pub fn import_nar<W: BlockWrite, R: Read>(
                     .expect("the reader pairs directory start and end");
                 let object = tree_object(&mut frame.entries)?;
                 let cid = cid_for(GIT_RAW, &object);
-                w.write_block(cid, &object)?;
+                w.write_block_hashed_here(cid, &object)?;
                 pending_name = frame.name;
                 (Mode::Tree, cid)
             }
             NarEvent::Symlink { target } => {
                 let object = [blob_header(target.len() as u64), target].concat();
                 let cid = cid_for(GIT_RAW, &object);
-                w.write_block(cid, &object)?;
+                w.write_block_hashed_here(cid, &object)?;
                 (Mode::Symlink, cid)
             }
             NarEvent::File { executable, size } => {
@@ -164,7 +164,7 @@ pub fn import_nar<W: BlockWrite, R: Read>(
                         .read_to_end(&mut buf)
                         .map_err(nar_io_error)?;
                     let cid = cid_for(GIT_RAW, &buf);
-                    w.write_block(cid, &buf)?;
+                    w.write_block_hashed_here(cid, &buf)?;
                     cid
                 } else {
                     let blob = import_large_file(w, &mut reader, size)?;

@@ -25,8 +25,10 @@ const WRITER_QUEUE: usize = 8;
 const RECENT_DONE: usize = 1 << 16;
 /// Without a new block for this long, the DHT is asked for the root's providers again.
 const STALL_REDISCOVER: Duration = Duration::from_secs(5);
-/// Block size assumed before any block has arrived (Kubo's default chunk).
-const ASSUMED_BLOCK_SIZE: usize = 256 * 1024;
+/// Block size assumed before any block has arrived: the largest chunk an
+/// importer makes (1 MiB), so the first window cannot overshoot the
+/// in-flight byte budget; it widens as smaller blocks arrive.
+const ASSUMED_BLOCK_SIZE: usize = 1024 * 1024;
 /// Children prefetched at once by [`NetworkBlocks`].
 const PREFETCH_PERMITS: usize = 64;
 
@@ -172,7 +174,8 @@ impl Writer {
                     while let Some(msg) = rx.blocking_recv() {
                         match msg {
                             WriterMsg::Put(cid, data) => {
-                                session.put(cid, &data)?;
+                                // The Bitswap client verified it against its CID.
+                                session.put_hashed(cid, &data)?;
                             }
                             WriterMsg::TempPin(cid) => session.temp_pin(cid),
                             WriterMsg::Finish(pin) => return Ok(session.finish(pin)?),

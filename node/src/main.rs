@@ -102,7 +102,7 @@ pub struct DaemonArgs {
     /// How long a narinfo this node lacks waits for peers to answer, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub peer_timeout: u64,
-    /// How long one block may take to arrive from peers before a read fails, in seconds
+    /// How long one block may take to arrive from peers before a read (cat, get, gateway, binary cache) fails, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub fetch_timeout: u64,
 }

@@ -223,3 +223,31 @@ async fn a_peer_naming_the_wrong_pathinfo_is_not_believed() {
         String::from_utf8_lossy(&body)
     );
 }
+
+#[tokio::test]
+async fn pinning_a_path_with_large_blobs_over_the_network_fetches_its_whole_closure() {
+    use ipnix_bridge::export::export_nar;
+    use ipnix_node::fetch::{fetch_dag, FetchOptions};
+    let a = TestNode::start(|_| {}).await;
+    let b = TestNode::start(|_| {}).await;
+    let (cid, nar) = import_path(&a, HASH_B, 2 * 1024 * 1024 + 3);
+    b.handle()
+        .connect(a.addr(false).await)
+        .await
+        .expect("connect");
+    let opts = FetchOptions {
+        pin: Some((PinMode::Recursive, Some("nix:test".into()))),
+        block_timeout: Duration::from_secs(10),
+        ..FetchOptions::default()
+    };
+    let summary = fetch_dag(&b.handle(), b.store.clone(), cid, opts)
+        .await
+        .expect("the covered git blob is not looked for");
+    assert!(summary.fetched_bytes >= 2 * 1024 * 1024, "{summary:?}");
+    drop(a);
+    // Everything is local and pinned: the NAR renders offline, and GC keeps it.
+    b.store.gc().expect("gc");
+    let mut rendered = Vec::new();
+    export_nar(&*b.store, &cid, &mut rendered).expect("export offline");
+    assert!(rendered == nar);
+}

@@ -72,13 +72,7 @@ pub fn cid_for(codec: u64, data: &[u8]) -> Cid {
 
 /// Checks codec, hash function, size and content of a block against its CID.
 pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
-    check_cid(cid)?;
-    if data.len() > MAX_BLOCK_SIZE {
-        return Err(BlockError::TooLarge {
-            size: data.len(),
-            max: MAX_BLOCK_SIZE,
-        });
-    }
+    check_cid_and_size(cid, data)?;
     let code = cid.hash().code();
     let actual = digest(code, data).ok_or(BlockError::UnsupportedHash {
         codec: cid.codec(),
@@ -88,6 +82,19 @@ pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         return Err(BlockError::HashMismatch {
             cid: *cid,
             actual: hex_string(actual.digest()),
+        });
+    }
+    Ok(())
+}
+
+/// Everything [`verify`] checks except the hash: codec, hash function, CID
+/// length and block size. Enough only for bytes the caller itself hashed.
+pub fn check_cid_and_size(cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+    check_cid(cid)?;
+    if data.len() > MAX_BLOCK_SIZE {
+        return Err(BlockError::TooLarge {
+            size: data.len(),
+            max: MAX_BLOCK_SIZE,
         });
     }
     Ok(())

@@ -300,7 +300,7 @@ impl Store {
         if moves.is_empty() {
             return Ok(appended);
         }
-        self.packs.sync()?;
+        self.packs.sync(holds)?;
         let txn = self.db.begin_write()?;
         let mut tally = Tally::default();
         {

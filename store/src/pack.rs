@@ -19,6 +19,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 
 /// First bytes of every pack file (format version 1).
 pub(crate) const FILE_MAGIC: &[u8; 8] = b"IPNXPK01";
@@ -28,6 +29,9 @@ const RECORD_FIXED: usize = 4 + 1 + 4;
 /// Default size at which a pack is sealed (appending would take it past).
 pub(crate) const PACK_TARGET_BYTES: u64 = 256 << 20;
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
+/// The active pack starts a background sync whenever this much (or a quarter
+/// of the pack target, if less) was appended since the last one started.
+const BACKGROUND_SYNC_BYTES: u64 = 64 << 20;
 
 /// Bytes a record for a block takes in a pack, header included.
 pub(crate) fn record_len(cid_len: usize, data_len: usize) -> u64 {
@@ -73,6 +77,18 @@ struct Active {
     id: u32,
     out: BufWriter<File>,
     len: u64,
+    /// Length when a background sync of this pack last started.
+    sync_started_len: u64,
+}
+
+/// A pack being fdatasync'd by a helper thread: a sealed one, or the active
+/// one every [`BACKGROUND_SYNC_BYTES`], so that the writer goes on appending
+/// meanwhile and the flush before a commit finds little left to write (the
+/// disk flush is a good part of an add's wall time). [`Packs::sync`] waits
+/// for it.
+struct Sealing {
+    id: u32,
+    done: JoinHandle<Result<(), StoreError>>,
 }
 
 struct Writer {
@@ -81,6 +97,11 @@ struct Writer {
     /// Packs holding records not yet committed to the index, with how many
     /// sessions hold each.
     held: HashMap<u32, usize>,
+    /// At most one sealed pack whose sync has not been waited for.
+    sealing: Option<Sealing>,
+    /// Sealed packs whose sync failed, with why: a commit that names records
+    /// in one of them must fail. Forgotten when no session holds it.
+    failed: HashMap<u32, String>,
 }
 
 /// All pack files of a repo: the single appender and shared read handles.
@@ -124,6 +145,8 @@ impl Packs {
                 active: None,
                 next_id: 1,
                 held: HashMap::new(),
+                sealing: None,
+                failed: HashMap::new(),
             }),
             readers: Mutex::new(HashMap::new()),
         };
@@ -180,8 +203,8 @@ impl Packs {
         });
         if full {
             let sealed = writer.active.take().expect("checked above");
-            let path = self.path(sealed.id);
-            sync_file(sealed.out, &path)?;
+            self.wait_sealing(&mut writer);
+            writer.sealing = self.seal_in_background(&mut writer, sealed);
         }
         if writer.active.is_none() {
             let id = writer.next_id;
@@ -213,6 +236,7 @@ impl Packs {
         if holds.insert(loc.pack) {
             *writer.held.entry(loc.pack).or_insert(0) += 1;
         }
+        self.sync_active_in_background(&mut writer);
         Ok(loc)
     }
 
@@ -233,13 +257,103 @@ impl Packs {
             id,
             out,
             len: FILE_MAGIC.len() as u64,
+            sync_started_len: 0,
         })
     }
 
-    /// Makes every record appended so far durable (write + fdatasync).
-    /// Sealed packs were synced when they were sealed.
-    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+    /// Starts the fdatasync of a sealed pack on a helper thread; if no
+    /// thread can be started, the pack counts as failed (never as synced).
+    fn seal_in_background(&self, writer: &mut Writer, sealed: Active) -> Option<Sealing> {
+        let id = sealed.id;
+        let path = self.path(id);
+        let spawned = std::thread::Builder::new()
+            .name(format!("ipnix-pack-sync-{id}"))
+            .spawn(move || sync_file(sealed.out, &path));
+        match spawned {
+            Ok(done) => Some(Sealing { id, done }),
+            Err(e) => {
+                writer
+                    .failed
+                    .insert(id, format!("cannot start its sync thread: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Starts a background sync of the active pack once enough was
+    /// appended, unless the previous background sync is still running.
+    fn sync_active_in_background(&self, writer: &mut Writer) {
+        let every = BACKGROUND_SYNC_BYTES.min(self.target_bytes / 4);
+        let due = writer
+            .active
+            .as_ref()
+            .is_some_and(|a| a.len - a.sync_started_len >= every);
+        if !due
+            || writer
+                .sealing
+                .as_ref()
+                .is_some_and(|s| !s.done.is_finished())
+        {
+            return;
+        }
+        self.wait_sealing(writer);
+        let Some(active) = writer.active.as_mut() else {
+            return;
+        };
+        let id = active.id;
+        let path = self.path(id);
+        if let Err(e) = active.out.flush() {
+            // The pack may now end in a partial record: never append after
+            // it, and never commit what was appended to it.
+            writer.active = None;
+            writer.failed.insert(id, e.to_string());
+            return;
+        }
+        // Without a second handle the next commit simply syncs it all.
+        let Ok(file) = active.out.get_ref().try_clone() else {
+            return;
+        };
+        active.sync_started_len = active.len;
+        let spawned = std::thread::Builder::new()
+            .name(format!("ipnix-pack-sync-{id}"))
+            .spawn(move || file.sync_data().map_err(|e| io_err(&path, e)));
+        if let Ok(done) = spawned {
+            writer.sealing = Some(Sealing { id, done });
+        }
+    }
+
+    /// Waits for the background sync started last, if any, and records a
+    /// failure (retiring the pack if it is the active one).
+    fn wait_sealing(&self, writer: &mut Writer) {
+        let Some(Sealing { id, done }) = writer.sealing.take() else {
+            return;
+        };
+        let failure = match done.join() {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "its sync thread panicked".to_string(),
+        };
+        if writer.active.as_ref().is_some_and(|a| a.id == id) {
+            writer.active = None;
+        }
+        writer.failed.insert(id, failure);
+    }
+
+    /// Makes every record appended so far durable (write + fdatasync),
+    /// waiting for the background sync of a sealed pack. Fails if a pack in
+    /// `holds` (the caller's uncommitted records) could not be synced.
+    pub(crate) fn sync(&self, holds: &BTreeSet<u32>) -> Result<(), StoreError> {
         let mut writer = lock(&self.writer);
+        self.wait_sealing(&mut writer);
+        if let Some((id, why)) = holds
+            .iter()
+            .find_map(|id| writer.failed.get(id).map(|why| (*id, why.clone())))
+        {
+            return Err(io_err(
+                &self.path(id),
+                io::Error::other(format!("pack was not made durable: {why}")),
+            ));
+        }
         let Some(active) = writer.active.as_mut() else {
             return Ok(());
         };
@@ -266,6 +380,7 @@ impl Packs {
                 *count -= 1;
                 if *count == 0 {
                     writer.held.remove(&id);
+                    writer.failed.remove(&id);
                 }
             }
         }
@@ -439,7 +554,7 @@ mod tests {
         let b = packs.append(b"cid-bb", &[2u8; 50], &mut holds).expect("b");
         assert_eq!(holds.len(), 1);
         assert!(!packs.is_idle(a.pack));
-        packs.sync().expect("sync");
+        packs.sync(&holds).expect("sync");
         assert_eq!(&packs.read(a, b"cid-a").expect("read a")[..], &[1u8; 100]);
         assert_eq!(&packs.read(b, b"cid-bb").expect("read b")[..], &[2u8; 50]);
         assert!(matches!(

@@ -18,7 +18,7 @@
 
 use crate::block::{self, BlockError, IDENTITY, RAW};
 use crate::blocks::{BlockRead, BlockWrite};
-use crate::links::{self, LinksError};
+use crate::links::{self, DagLinks, LinksError};
 use crate::pack::{record_len, PackLoc, Packs, ReadFailure};
 use crate::pins::{self, Pin, PinMode, TempPins};
 use bytes::Bytes;
@@ -77,8 +77,10 @@ redb_errors!(
 );
 
 /// Blocks up to this size live inline in redb by default; larger ones in
-/// pack files ([`StoreOptions::inline_limit`]).
-pub const INLINE_LIMIT: usize = 16 * 1024;
+/// pack files ([`StoreOptions::inline_limit`]). Low because inline values
+/// cost redb 2-4x their size on disk and write 2-5x slower than packed
+/// records from 1 KiB up (`store_bench`, DESIGN.md "Measured decisions").
+pub const INLINE_LIMIT: usize = 256;
 /// A session commits once its buffered blocks and entries reach this size.
 const SESSION_BUFFER_BYTES: usize = 32 << 20;
 /// Rough per-entry memory cost of a buffered entry besides key and value.
@@ -95,6 +97,12 @@ pub(crate) const INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("in
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters_v1");
 /// Pack id -> (live records, live record bytes including headers).
 pub(crate) const PACKS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("packs_v1");
+
+/// What a session knows about a block it put that has no links.
+static NO_LINKS: DagLinks = DagLinks {
+    children: Vec::new(),
+    covered: Vec::new(),
+};
 
 const TAG_INLINE: u8 = 0;
 const TAG_PACKED: u8 = 1;
@@ -337,7 +345,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             pack_target_bytes: crate::pack::PACK_TARGET_BYTES,
-            cache_bytes: 256 << 20,
+            cache_bytes: 64 << 20,
             inline_limit: INLINE_LIMIT,
         }
     }
@@ -627,6 +635,7 @@ impl Store {
         Session {
             store: self,
             held: HashMap::new(),
+            known_links: HashMap::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             pack_holds: BTreeSet::new(),
@@ -665,6 +674,22 @@ impl Store {
     where
         T: ReadableTable<&'static [u8], &'static [u8]>,
     {
+        self.check_pinnable_knowing(blocks, cid, mode, |_| None)
+    }
+
+    /// [`Store::check_pinnable`], taking the links of blocks for which
+    /// `known` has them from there (a session that just put them) instead
+    /// of reading and re-hashing the block; their presence is still checked.
+    fn check_pinnable_knowing<'k, T>(
+        &self,
+        blocks: &T,
+        cid: &Cid,
+        mode: PinMode,
+        known: impl Fn(&Cid) -> Option<&'k DagLinks>,
+    ) -> Result<(), StoreError>
+    where
+        T: ReadableTable<&'static [u8], &'static [u8]>,
+    {
         if mode == PinMode::Direct {
             if !Self::present_in(blocks, cid)? {
                 return Err(StoreError::Missing(*cid));
@@ -673,9 +698,14 @@ impl Store {
         }
         let mut visited = HashSet::new();
         pins::walk([*cid], &mut visited, |cid| {
-            if cid.codec() == RAW {
+            let known = if cid.codec() == RAW {
+                Some(DagLinks::default())
+            } else {
+                known(cid).cloned()
+            };
+            if let Some(links) = known {
                 return match Self::present_in(blocks, cid)? {
-                    true => Ok(links::DagLinks::default()),
+                    true => Ok(links),
                     false => Err(StoreError::Missing(*cid)),
                 };
             }
@@ -831,6 +861,10 @@ pub struct Session<'a> {
     /// CIDs this session temp-pinned; `true` once the block is known to be
     /// stored or buffered here (a repeated put is then free).
     held: HashMap<Cid, bool>,
+    /// Links of the blocks this session put, so the pin check in
+    /// [`Session::finish`] need not read and re-hash them: `None` for a
+    /// block without links (most of a big file), absent when unknown.
+    known_links: HashMap<Cid, Option<DagLinks>>,
     /// Buffered `blocks_v1` entries not yet committed.
     pending: Vec<(Vec<u8>, Vec<u8>)>,
     pending_bytes: usize,
@@ -853,8 +887,41 @@ impl Session<'_> {
     pub fn put(&mut self, cid: Cid, data: &[u8]) -> Result<bool, StoreError> {
         let cid = normalize(cid);
         block::verify(&cid, data)?;
+        self.put_verified(cid, data, false)
+    }
+
+    /// [`Session::put`] for a block whose `cid` the caller computed from
+    /// exactly these `data` bytes, in this process, just now (an importer
+    /// naming what it built), or has just checked them against (the Bitswap
+    /// client verifies every block it hands out): checks codec, hash function
+    /// and size but does not hash `data` again, so a wrong CID would be stored
+    /// under that wrong name. Never use it for a CID that arrived with the
+    /// bytes unchecked (CAR, `block put`, any file or user input): that is
+    /// what [`Session::put`] is for. Debug builds still verify, to catch
+    /// misuse in tests.
+    pub fn put_hashed(&mut self, cid: Cid, data: &[u8]) -> Result<bool, StoreError> {
+        let cid = normalize(cid);
+        if is_identity(&cid) {
+            block::verify(&cid, data)?;
+        } else {
+            block::check_cid_and_size(&cid, data)?;
+        }
+        debug_assert!(
+            block::verify(&cid, data).is_ok(),
+            "put_hashed: {cid} was not computed from these bytes"
+        );
+        self.put_verified(cid, data, true)
+    }
+
+    /// Stores a block whose bytes are known to match `cid` (normalized);
+    /// `remember` keeps its links for the pin check (imports, which pin at
+    /// the end; not worth the memory for blocks fetched from peers).
+    fn put_verified(&mut self, cid: Cid, data: &[u8], remember: bool) -> Result<bool, StoreError> {
         if is_identity(&cid) || self.held.get(&cid) == Some(&true) {
             return Ok(false);
+        }
+        if remember {
+            self.remember_links(&cid, data);
         }
         let key = cid.to_bytes();
         {
@@ -881,6 +948,19 @@ impl Session<'_> {
             self.flush()?;
         }
         Ok(true)
+    }
+
+    /// Notes the links of a block this session puts, for the pin check. A
+    /// block whose links cannot be read stays unknown: the pin check then
+    /// reads it and reports the problem itself.
+    fn remember_links(&mut self, cid: &Cid, data: &[u8]) {
+        if cid.codec() == RAW {
+            return;
+        }
+        if let Ok(found) = links::dag_links(cid, data) {
+            let found = (!found.children.is_empty() || !found.covered.is_empty()).then_some(found);
+            self.known_links.insert(*cid, found);
+        }
     }
 
     /// Keeps an existing block (and, for GC, everything it links to) safe
@@ -938,7 +1018,7 @@ impl Session<'_> {
         // protected only by the pin itself.
         let _fence = pin.as_ref().map(|_| store.fence_read());
         if !self.pack_holds.is_empty() {
-            store.packs.sync()?;
+            store.packs.sync(&self.pack_holds)?;
         }
         let txn = store.db.begin_write()?;
         let mut tally = Tally::default();
@@ -954,7 +1034,12 @@ impl Session<'_> {
                 }
             }
             if let Some((cid, mode, name)) = &pin {
-                store.check_pinnable(&blocks, cid, *mode)?;
+                let known = &self.known_links;
+                store.check_pinnable_knowing(&blocks, cid, *mode, |cid| match known.get(cid) {
+                    Some(Some(links)) => Some(links),
+                    Some(None) => Some(&NO_LINKS),
+                    None => None,
+                })?;
                 txn.open_table(PINS)?.insert(
                     cid.to_bytes().as_slice(),
                     pins::encode_pin(*mode, name.as_deref()).as_slice(),
@@ -980,5 +1065,8 @@ impl Drop for Session<'_> {
 impl BlockWrite for Session<'_> {
     fn write_block(&mut self, cid: Cid, data: &[u8]) -> Result<(), StoreError> {
         self.put(cid, data).map(|_| ())
+    }
+    fn write_block_hashed_here(&mut self, cid: Cid, data: &[u8]) -> Result<(), StoreError> {
+        self.put_hashed(cid, data).map(|_| ())
     }
 }

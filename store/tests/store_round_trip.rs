@@ -1,11 +1,11 @@
 //! Round trips through the redb store: inline and packed blocks around the
-//! 16 KiB boundary, the 2 MiB limit, refusals, reopen, delete, pins, the
+//! inline limit (256 B), the 2 MiB limit, refusals, reopen, delete, pins, the
 //! generic index, sessions, and readers running during a write session.
 
 use anyhow::Result;
 use ipld_core::ipld::Ipld;
 use ipnix_store::block::{cid_for, BlockError, DAG_CBOR, DAG_PB, IDENTITY, MAX_BLOCK_SIZE, RAW};
-use ipnix_store::{Cid, PinMode, Store, StoreError, INLINE_LIMIT};
+use ipnix_store::{Cid, PinMode, Store, StoreError, StoreOptions, INLINE_LIMIT};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,14 +45,16 @@ fn blocks_round_trip_inline_packed_and_at_the_boundary() -> Result<()> {
     let sizes = [
         0,
         1,
-        1000,
+        100,
         INLINE_LIMIT - 1,
+        256,
+        257,
+        1000,
         16384,
-        16385,
         100_000,
         MAX_BLOCK_SIZE,
     ];
-    assert_eq!(INLINE_LIMIT, 16384);
+    assert_eq!(INLINE_LIMIT, 256);
     let blocks: Vec<_> = sizes
         .iter()
         .enumerate()
@@ -75,9 +77,9 @@ fn blocks_round_trip_inline_packed_and_at_the_boundary() -> Result<()> {
     assert_eq!(stat.blocks, sizes.len() as u64);
     assert_eq!(
         stat.inline_blocks, 5,
-        "0, 1, 1000, 16383 and 16384 bytes are inline"
+        "0, 1, 100, 255 and 256 bytes are inline"
     );
-    assert_eq!(stat.packed_blocks, 3, "16385 bytes and up are packed");
+    assert_eq!(stat.packed_blocks, 5, "257 bytes and up are packed");
     assert_eq!(
         stat.block_bytes,
         sizes.iter().map(|&s| s as u64).sum::<u64>()
@@ -375,7 +377,8 @@ fn sessions_dedupe_flush_and_drop() -> Result<()> {
 #[test]
 fn session_buffers_are_bounded_by_flushing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
+    // Blocks of 16,000 bytes kept inline, so the buffer fills quickly.
+    let store = Store::open_with(dir.path(), &StoreOptions::default().inline_limit(16 * 1024))?;
     let mut session = store.session();
     // 40 MiB of inline blocks: more than the session buffers.
     let blocks: Vec<_> = (0..2600).map(|i| raw(i, 16_000)).collect();

@@ -226,6 +226,58 @@ impl Read for Trickle<'_> {
     }
 }
 
+/// A reader that fails after `good` bytes.
+struct FailingReader {
+    good: usize,
+}
+
+impl Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.good == 0 {
+            return Err(std::io::Error::other("disk on fire"));
+        }
+        let n = self.good.min(buf.len());
+        buf[..n].fill(7);
+        self.good -= n;
+        Ok(n)
+    }
+}
+
+/// A block writer that refuses every block after the first `accept`.
+struct FailingWriter {
+    accept: usize,
+}
+
+impl ipnix_store::BlockWrite for FailingWriter {
+    fn write_block(&mut self, cid: Cid, _data: &[u8]) -> Result<(), StoreError> {
+        if self.accept == 0 {
+            return Err(StoreError::Missing(cid));
+        }
+        self.accept -= 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn errors_in_the_middle_of_a_long_file_end_the_import() {
+    // Many chunks, so the hashing pipeline is running when the error comes.
+    let params = small(0, false, 64, 4);
+    for good in [64, 65, 64 * 5, 64 * 5 + 3, 64 * 40] {
+        let err = add_file(&mut NullBlocks, FailingReader { good }, &params)
+            .expect_err("a read error is an error");
+        assert!(matches!(err, UnixfsError::Read(_)), "{good}: {err}");
+    }
+    for accept in [0, 1, 3, 10] {
+        let err = add_file(
+            &mut FailingWriter { accept },
+            &bytes(9, 64 * 50)[..],
+            &params,
+        )
+        .expect_err("a write error is an error");
+        assert!(matches!(err, UnixfsError::Store(_)), "{accept}: {err}");
+    }
+}
+
 #[test]
 fn bad_params_and_profiles_are_refused() {
     for params in [

@@ -124,7 +124,7 @@ class Daemon:
     def wait_for_peer(self, peer_id, timeout=30):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            peers = json.loads(self.cli("--json", "peers").stdout or "[]")
+            peers = json.loads(self.cli("peers", "--json").stdout or "{}").get("peers", [])
             if any(p.get("peer_id") == peer_id for p in peers):
                 return
             time.sleep(0.2)
@@ -178,7 +178,7 @@ def start_nginx(lan, cache_dir, work):
         run(["apt-get", "install", "-y", "-q", "nginx"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     conf = work / "nginx.conf"
     conf.write_text(f"""
-daemon off; worker_processes 2; pid {work}/nginx.pid; error_log {work}/nginx.err;
+user root; daemon off; worker_processes 2; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 256; }}
 http {{
   access_log off; sendfile on; tcp_nopush on;
@@ -277,7 +277,10 @@ def main():
     print(f"| B's ipnix (fetching from A) | {ours:.2f} | {mib / ours:.0f} | {static / ours:.2f}x |")
     print(f"narinfo on B, hit held by A (first request): median {statistics.median(hits) * 1000:.1f} ms, max {max(hits) * 1000:.1f} ms")
     print(f"narinfo on B, miss: median {statistics.median(misses) * 1000:.1f} ms, max {max(misses) * 1000:.1f} ms (goal: within 100 ms)")
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.environ.get("LAN_BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept {work}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 /// A peer that delivered a block this recently is preferred for want-blocks.
 const RECENT_SUPPLIER: Duration = Duration::from_secs(60);
+/// A want nobody had is asked again this often: a peer that said DONT_HAVE
+/// may have the block by now (it imported it, or fetched it itself).
+const REASK_INTERVAL: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ClientLimits {
@@ -36,6 +39,7 @@ struct Want {
     id: WantId,
     targets: Vec<PeerId>,
     send_dont_have: bool,
+    urgent: bool,
     /// Peers holding an entry for this want.
     asked: Vec<PeerId>,
     /// The peer a want-block is outstanding at.
@@ -49,8 +53,11 @@ impl Want {
     }
 
     fn priority(&self) -> i32 {
+        if self.urgent {
+            return i32::MAX;
+        }
         // Older wants first, as a DAG walk wants them.
-        i32::MAX - (self.id.0 % (i32::MAX as u64)) as i32
+        i32::MAX - 1 - (self.id.0 % (i32::MAX as u64 - 1)) as i32
     }
 }
 
@@ -214,6 +221,9 @@ impl Client {
                 want.targets.len() != before
             };
             want.send_dont_have |= options.send_dont_have;
+            want.urgent |= options.urgent;
+            // Asked for again: whoever declined earlier is asked afresh.
+            self.reask_declined(cid, Instant::now(), None);
             if widened {
                 let peers: Vec<PeerId> = self
                     .usable_peers()
@@ -234,6 +244,7 @@ impl Client {
             id,
             targets: options.peers,
             send_dont_have: options.send_dont_have,
+            urgent: options.urgent,
             asked: Vec::new(),
             block_peer: None,
             failure_reported: false,
@@ -251,6 +262,36 @@ impl Client {
             self.ask(cid, peer);
         }
         Ok(id)
+    }
+
+    /// Asks again the peers that said DONT_HAVE or never answered, if they
+    /// were last asked at least `older_than` ago (`None`: whenever).
+    fn reask_declined(&mut self, cid: Cid, now: Instant, older_than: Option<Duration>) {
+        let Some(want) = self.wants.get(&cid) else {
+            return;
+        };
+        let declined: Vec<PeerId> = want
+            .asked
+            .iter()
+            .filter(|id| {
+                self.peers
+                    .get(id)
+                    .filter(|p| p.usable)
+                    .and_then(|p| p.sent.get(&cid))
+                    .is_some_and(|ask| {
+                        matches!(ask.state, AskState::DontHave | AskState::TimedOut)
+                            && older_than.is_none_or(|d| now.duration_since(ask.at) >= d)
+                    })
+            })
+            .copied()
+            .collect();
+        let cap = self.limits.max_wants_per_peer;
+        for peer_id in declined {
+            if let Some(peer) = self.peers.get_mut(&peer_id) {
+                peer.forget(cid, false, cap);
+            }
+            self.ask(cid, peer_id);
+        }
     }
 
     /// Withdraws a want; true if it existed.
@@ -530,6 +571,15 @@ impl Client {
         for cid in moved {
             self.advance(cid);
         }
+        let unanswered: Vec<Cid> = self
+            .wants
+            .iter()
+            .filter(|(_, want)| want.failure_reported)
+            .map(|(cid, _)| *cid)
+            .collect();
+        for cid in unanswered {
+            self.reask_declined(cid, now, Some(REASK_INTERVAL));
+        }
     }
 
     /// A connection to a peer we had no connection to: send it our wants.
@@ -749,6 +799,26 @@ mod tests {
         let b = PeerId::random();
         client.peer_connected(b);
         assert_eq!(entries(&mut client, b), vec![(cid, WantType::Block, false)]);
+    }
+
+    #[test]
+    fn a_peer_that_declined_is_asked_again_later_and_on_a_new_want() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let cid = cid_for(RAW, b"later");
+        client.want(cid, WantOptions::default()).expect("want");
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
+        client.on_presence(a, cid, Presence::DontHave);
+        client.tick(Instant::now());
+        assert_eq!(entries(&mut client, a), vec![], "not at once");
+        client.tick(Instant::now() + REASK_INTERVAL);
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
+        client.on_presence(a, cid, Presence::DontHave);
+        client
+            .want(cid, WantOptions::default())
+            .expect("want again");
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
     }
 
     #[test]

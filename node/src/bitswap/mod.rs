@@ -138,6 +138,9 @@ pub struct WantOptions {
     pub peers: Vec<PeerId>,
     /// Ask peers to say DONT_HAVE instead of staying silent.
     pub send_dont_have: bool,
+    /// Someone waits for this very block (a path-info, the next block of a
+    /// stream): peers serve it before the bulk of a DAG walk's wants.
+    pub urgent: bool,
 }
 
 impl Default for WantOptions {
@@ -145,6 +148,7 @@ impl Default for WantOptions {
         Self {
             peers: Vec::new(),
             send_dont_have: true,
+            urgent: false,
         }
     }
 }

@@ -77,12 +77,14 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
     let handle = runtime.handle().clone();
     let runner_repo = repo.clone();
     let runner_store = store.clone();
+    let fetch_timeout = config.fetch_timeout;
     let make_runner = move |node: NodeHandle| -> Arc<dyn CommandRunner> {
         Arc::new(DaemonRunner {
             repo: runner_repo,
             store: runner_store,
             node,
             runtime: handle,
+            fetch_timeout,
         })
     };
     runtime.block_on(daemon::run(
@@ -121,6 +123,7 @@ struct DaemonRunner {
     store: Arc<Store>,
     node: NodeHandle,
     runtime: tokio::runtime::Handle,
+    fetch_timeout: std::time::Duration,
 }
 
 impl CommandRunner for DaemonRunner {
@@ -146,6 +149,7 @@ impl CommandRunner for DaemonRunner {
             json: cli.json,
             progress: false,
             cwd: request.cwd,
+            fetch_timeout: self.fetch_timeout,
         };
         let mut io = Io {
             stdin: &mut stdin,

@@ -47,8 +47,10 @@ pub fn add(ctx: &Ctx, args: AddArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             let progress = bar(ctx.progress, Some(meta.len()), "adding");
+            // No BufReader: the importer reads whole chunks, which a buffer
+            // would only copy once more.
             let reader = ReadProgress {
-                inner: std::io::BufReader::with_capacity(1 << 20, file),
+                inner: file,
                 bar: progress.clone(),
             };
             let added = unixfs::add_file(&mut session, reader, &params)?;

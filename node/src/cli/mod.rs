@@ -32,6 +32,9 @@ pub struct Ctx {
     /// Progress bars go to stderr (only in-process, when stderr is a terminal).
     pub progress: bool,
     pub cwd: PathBuf,
+    /// How long `cat`, `get` and friends wait for a block from peers
+    /// (the daemon's `--fetch-timeout`).
+    pub fetch_timeout: std::time::Duration,
 }
 
 impl Ctx {
@@ -54,7 +57,7 @@ impl Ctx {
                 Box::new(ipnix_node::fetch::NetworkBlocks::new(
                     self.store.clone(),
                     Some(node.clone()),
-                    NETWORK_BLOCK_TIMEOUT,
+                    self.fetch_timeout,
                 ))
             }
             _ => Box::new(self.store.clone()),
@@ -73,9 +76,6 @@ impl Ctx {
     }
 }
 
-/// How long `cat`, `get` and friends wait for a block from peers.
-const NETWORK_BLOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Streams a command reads and writes.
 pub struct Io<'a> {
     pub stdin: &'a mut dyn Read,
@@ -93,6 +93,7 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
+    init_logging(matches!(cli.command, Command::Daemon(_)));
     match run_cli(cli, &args) {
         Ok(code) => code,
         Err(e) => {
@@ -100,6 +101,22 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// Log lines go to stderr, filtered by `RUST_LOG`; by default the daemon
+/// says what its own crates do at info level, other commands only warn.
+fn init_logging(daemon: bool) {
+    let default = if daemon {
+        "warn,ipnix_node=info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// One line: the error and its causes.
@@ -165,6 +182,8 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
         json: cli.json,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         cwd: std::env::current_dir().context("the current directory is unreadable")?,
+        // Out of the daemon nothing is fetched; the value is never used.
+        fetch_timeout: std::time::Duration::ZERO,
     };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();

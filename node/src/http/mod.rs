@@ -28,10 +28,9 @@ pub struct HttpState {
 
 /// One router for all surfaces.
 pub fn router(state: HttpState) -> Router {
-    let gateway = gateway::router(gateway::GatewayState::new(
-        state.store.clone(),
-        state.node.clone(),
-    ));
+    let mut gateway_state = gateway::GatewayState::new(state.store.clone(), state.node.clone());
+    gateway_state.fetch_timeout = state.fetch_timeout;
+    let gateway = gateway::router(gateway_state);
     let nixcache = nixcache::router(
         nixcache::NixCacheState::new(state.store.clone(), state.node.clone(), state.sign_key)
             .with_peer_timeout(state.peer_timeout)

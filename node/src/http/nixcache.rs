@@ -55,8 +55,11 @@ pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_millis(100);
 pub const MISS_TTL: Duration = Duration::from_secs(10);
 /// Store paths whose answer from peers is remembered.
 const LEARNED_CAPACITY: usize = 4096;
-/// Store-path DAGs fetched from peers at once while their NARs stream.
+/// Store-path DAGs fetched from peers at once.
 const BACKGROUND_FETCHES: usize = 4;
+/// Path fetches started or queued at once; past this a narinfo answered
+/// from peers no longer starts one ahead of the NAR request.
+const MAX_PENDING_FETCHES: usize = 64;
 /// How long the path-info block a peer named may take to arrive.
 const PATHINFO_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -146,7 +149,13 @@ pub struct NixCacheState {
     peer_timeout: Duration,
     learned: Arc<Mutex<Learned>>,
     background_fetches: Arc<Semaphore>,
+    /// Path fetches started and not yet finished, by path-info CID: a NAR
+    /// request joins the fetch its narinfo request started.
+    fetches: Arc<Mutex<HashMap<Cid, FetchDone>>>,
 }
+
+/// `None` while a path fetch runs, then its outcome.
+type FetchDone = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
 
 impl std::fmt::Debug for NixCacheState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,6 +187,7 @@ impl NixCacheState {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             learned: Arc::default(),
             background_fetches: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
+            fetches: Arc::default(),
         }
     }
 
@@ -232,6 +242,9 @@ impl NixCacheState {
         match loaded {
             Ok(info) if info.store_path().hash_part() == hash_part => {
                 self.learned().insert(hash_part, Some(cid));
+                // Nix asks for the NAR next (`nix copy` asks every narinfo of
+                // a closure first): fetching now overlaps the paths' transfers.
+                let _ = self.start_fetch(cid, &info, true);
                 Ok(Some((cid, info)))
             }
             Ok(info) => {
@@ -250,16 +263,24 @@ impl NixCacheState {
         }
     }
 
-    /// Starts fetching a store path's own DAG (not its references) with many
-    /// wants in flight, so the NAR render finds blocks arriving ahead of it.
-    fn prefetch_path(&self, cid: Cid, info: &PathInfo) {
-        let Some(node) = self.node.clone() else {
-            return;
-        };
-        let Ok(permit) = self.background_fetches.clone().try_acquire_owned() else {
-            // Busy: the render still reads missing blocks one by one.
-            return;
-        };
+    /// Starts fetching a store path's own DAG (not its references, which
+    /// Nix asks for separately) from peers with many wants in flight, into
+    /// one store session: every block verified, written in batches. Joins the
+    /// fetch already running for `cid`, if any. At most [`BACKGROUND_FETCHES`]
+    /// run at once; the others wait their turn. `None` when offline, or when
+    /// `ahead` (nobody waits for it yet) and too many fetches are pending.
+    fn start_fetch(&self, cid: Cid, info: &PathInfo, ahead: bool) -> Option<FetchDone> {
+        let node = self.node.clone()?;
+        let mut fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = fetches.get(&cid) {
+            return Some(done.clone());
+        }
+        if ahead && fetches.len() >= MAX_PENDING_FETCHES {
+            return None;
+        }
+        let (tx, done) = tokio::sync::watch::channel(None);
+        fetches.insert(cid, done.clone());
+        drop(fetches);
         let opts = FetchOptions {
             block_timeout: self.fetch_timeout,
             skip: info.references.iter().map(|r| r.info).collect(),
@@ -267,18 +288,31 @@ impl NixCacheState {
         };
         let store = self.store.clone();
         let store_path = info.store_path.clone();
+        let permits = self.background_fetches.clone();
+        let registry = self.fetches.clone();
         tokio::spawn(async move {
-            match fetch_dag(&node, store, cid, opts).await {
-                Ok(summary) => tracing::info!(
-                    "nix cache: fetched {store_path}: {} blocks, {} bytes from peers in {:?}",
-                    summary.fetched_blocks,
-                    summary.fetched_bytes,
-                    summary.elapsed
-                ),
-                Err(e) => tracing::warn!("nix cache: fetching {store_path} from peers: {e}"),
-            }
-            drop(permit);
+            let outcome = match permits.acquire_owned().await {
+                Ok(_permit) => match fetch_dag(&node, store, cid, opts).await {
+                    Ok(summary) => {
+                        tracing::info!(
+                            "nix cache: fetched {store_path}: {} blocks, {} bytes from peers in {:?}",
+                            summary.fetched_blocks,
+                            summary.fetched_bytes,
+                            summary.elapsed
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("fetching {store_path} from peers: {e}")),
+                },
+                Err(_) => Err("the cache is shutting down".to_string()),
+            };
+            registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&cid);
+            let _ = tx.send(Some(outcome));
         });
+        Some(done)
     }
 
     /// Blocks as the cache reads them (store first, then peers). Must be
@@ -442,11 +476,16 @@ async fn nar(
     } else {
         // A path learned from peers may be partly here (an earlier transfer
         // broke off): the walk skips what is stored and fetches the rest.
+        // Fetching first and rendering from the store after costs the time
+        // to first byte, but writes every block once, in batches, and asks
+        // the network once per block (DESIGN.md, measured decisions).
         let from_peers = state.learned().get(info.store_path().hash_part()) == Some(Some(cid));
-        if from_peers || !matches!(state.store.has(&info.root.cid), Ok(true)) {
-            state.prefetch_path(cid, &info);
-        }
-        Response::new(nar_stream(blocks, cid, info.store_path.clone()))
+        let fetch = if from_peers || !matches!(state.store.has(&info.root.cid), Ok(true)) {
+            state.start_fetch(cid, &info, false)
+        } else {
+            None
+        };
+        Response::new(nar_stream(blocks, cid, info.store_path.clone(), fetch))
     };
     let headers = response.headers_mut();
     headers.insert(
@@ -514,9 +553,35 @@ impl Write for HeldBackWriter {
 }
 
 /// Renders the NAR on a blocking thread into a bounded channel feeding the body.
-fn nar_stream(blocks: NetworkBlocks, cid: Cid, store_path: String) -> Body {
+fn nar_stream(
+    blocks: NetworkBlocks,
+    cid: Cid,
+    store_path: String,
+    fetch_first: Option<FetchDone>,
+) -> Body {
     let (tx, rx) = mpsc::channel::<Chunk>(NAR_CHUNKS_AHEAD);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
+        if let Some(mut done) = fetch_first {
+            let outcome = match done.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+                Err(_) => Err("the path fetch stopped".to_string()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!("nix cache: NAR of {store_path} ({cid}) not served: {e}");
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+        }
+        render_nar(blocks, cid, store_path, tx).await;
+    });
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// Renders the NAR on a blocking thread into the body's bounded channel.
+async fn render_nar(blocks: NetworkBlocks, cid: Cid, store_path: String, tx: mpsc::Sender<Chunk>) {
+    let rendered = tokio::task::spawn_blocking(move || {
         let mut writer = HeldBackWriter {
             buf: Vec::with_capacity(NAR_CHUNK),
             held: None,
@@ -531,9 +596,9 @@ fn nar_stream(blocks: NetworkBlocks, cid: Cid, store_path: String) -> Body {
             let _ = tx.blocking_send(Err(std::io::Error::other(e)));
         }
     });
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    if let Err(e) = rendered.await {
+        tracing::warn!("nix cache: NAR render task failed: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -438,13 +438,23 @@ impl SwarmTask {
                 if want.discover_at.is_none() {
                     want.discover_at = discover_at;
                 }
-            }
-            None => {
-                let wanted = self
+                // Fresh interest: peers that declined before are asked again.
+                let _ = self
                     .swarm
                     .behaviour_mut()
                     .bitswap
                     .want(cid, bitswap::WantOptions::default());
+            }
+            None => {
+                // `discover` marks single-block reads (roots, path-infos,
+                // streaming reads) that someone waits on right now.
+                let wanted = self.swarm.behaviour_mut().bitswap.want(
+                    cid,
+                    bitswap::WantOptions {
+                        urgent: discover,
+                        ..bitswap::WantOptions::default()
+                    },
+                );
                 if let Err(e) = wanted {
                     self.waiter_count -= 1;
                     let error = match e {

@@ -127,7 +127,7 @@ pub(crate) fn add_symlink<W: BlockWrite>(
     data.data = target.to_vec();
     let block = encode_node([], &data.encode());
     let cid = dag_pb_cid(params.cid_version, &block);
-    w.write_block(cid, &block)?;
+    w.write_block_hashed_here(cid, &block)?;
     Ok(Added {
         cid,
         size: target.len() as u64,
@@ -156,7 +156,7 @@ fn write_directory<W: BlockWrite>(
         &data,
     );
     let cid = dag_pb_cid(params.cid_version, &block);
-    w.write_block(cid, &block)?;
+    w.write_block_hashed_here(cid, &block)?;
     Ok(Added {
         cid,
         size,

@@ -1,6 +1,6 @@
 //! The file importer: fixed-size chunks arranged in a balanced tree, built
-//! while streaming. Memory holds one chunk plus at most `max_links` pending
-//! links per tree level, never the file.
+//! while streaming. Memory holds a few chunks plus at most `max_links`
+//! pending links per tree level, never the file.
 //!
 //! Shape (identical in Kubo's balanced builder and Helia's reducer): leaves
 //! are grouped `max_links` at a time under a parent, parents again, until one
@@ -8,12 +8,25 @@
 //! fewer than `max_links` links between chunks; at the end every non-top
 //! level is closed (a leftover single child still gets its own parent) and
 //! a top level with one link is the root.
+//!
+//! A file longer than one chunk is imported as a two-stage pipeline: this
+//! thread reads chunks and writes finished leaves, a scoped helper thread
+//! encodes and hashes them (SHA-256 is most of the CPU an add costs), with
+//! at most [`PIPELINE_DEPTH`] chunks in each direction. Leaves come back in
+//! order, so the tree and its CIDs are the same as a sequential import.
+//! Every CID here is computed from the bytes written with it, so blocks go
+//! through [`BlockWrite::write_block_hashed_here`] (no second hash).
 
-use super::pb::{encode_node, DataType, UnixfsData};
+use super::pb::{encode_file_leaf, encode_node, DataType, UnixfsData};
 use super::{dag_pb_cid, raw_cid, Added, Params, UnixfsError};
 use crate::BlockWrite;
 use cid::Cid;
 use std::io::{ErrorKind, Read};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+/// Chunks queued to the hashing thread, and leaves queued back: bounds the
+/// pipeline's memory to about `2 * PIPELINE_DEPTH + 2` chunks.
+const PIPELINE_DEPTH: usize = 2;
 
 /// A child of a file node: what its parent's link and blocksizes need.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +36,15 @@ struct Child {
     filesize: u64,
     /// Cumulative block bytes below (and including) this child.
     tsize: u64,
+}
+
+/// A leaf block made from one chunk, not yet written.
+struct Leaf {
+    child: Child,
+    /// The block bytes; for raw leaves this is the chunk buffer itself.
+    block: Vec<u8>,
+    /// The chunk buffer to reuse when the block is a copy of it.
+    spare: Option<Vec<u8>>,
 }
 
 /// Imports `reader` as a UnixFS file, writing every block to `w`.
@@ -37,16 +59,16 @@ pub fn add_file<W: BlockWrite, Rd: Read>(
         params: *params,
     };
     let mut chunk = vec![0u8; params.chunk_size];
-    loop {
-        let len = read_full(&mut reader, &mut chunk)?;
-        // The empty file is one empty leaf, as Kubo and Helia make it.
-        if len > 0 || builder.levels.is_empty() {
-            let leaf = write_leaf(w, &chunk[..len], params)?;
-            builder.push(w, 0, leaf)?;
-        }
-        if len < chunk.len() {
-            break;
-        }
+    let len = read_full(&mut reader, &mut chunk)?;
+    if len < chunk.len() {
+        // One chunk (or the empty file, one empty leaf as Kubo and Helia
+        // make it): not worth a thread.
+        chunk.truncate(len);
+        let leaf = make_leaf(chunk, params);
+        w.write_block_hashed_here(leaf.child.cid, &leaf.block)?;
+        builder.push(w, 0, leaf.child)?;
+    } else {
+        pipelined(w, reader, chunk, &mut builder, params)?;
     }
     let root = builder.finish(w)?;
     Ok(Added {
@@ -54,6 +76,76 @@ pub fn add_file<W: BlockWrite, Rd: Read>(
         size: root.filesize,
         tsize: root.tsize,
     })
+}
+
+/// Imports the rest of a file whose first chunk `first` is full.
+fn pipelined<W: BlockWrite, Rd: Read>(
+    w: &mut W,
+    mut reader: Rd,
+    first: Vec<u8>,
+    builder: &mut Balanced,
+    params: &Params,
+) -> Result<(), UnixfsError> {
+    let params = *params;
+    std::thread::scope(|scope| {
+        // Both channel ends live inside the scope: when this closure returns
+        // (also on error) they drop, the helper's send or receive fails and
+        // it ends, so the scope's join cannot hang.
+        let (to_hasher, chunks) = sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let (leaves_out, leaves) = sync_channel::<Leaf>(PIPELINE_DEPTH);
+        scope.spawn(move || hash_leaves(&chunks, &leaves_out, &params));
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut in_flight = 0usize;
+        let mut next = Some(first);
+        let mut input_done = false;
+        loop {
+            while !input_done && in_flight < PIPELINE_DEPTH {
+                let chunk = match next.take() {
+                    Some(chunk) => chunk,
+                    None => {
+                        let mut buf = spare
+                            .pop()
+                            .unwrap_or_else(|| Vec::with_capacity(params.chunk_size));
+                        buf.resize(params.chunk_size, 0);
+                        let len = read_full(&mut reader, &mut buf)?;
+                        // A file that is a whole number of chunks ends with
+                        // an empty read and no empty leaf.
+                        if len == 0 {
+                            input_done = true;
+                            break;
+                        }
+                        input_done = len < buf.len();
+                        buf.truncate(len);
+                        buf
+                    }
+                };
+                to_hasher.send(chunk).map_err(|_| hasher_gone())?;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                return Ok(());
+            }
+            let leaf = leaves.recv().map_err(|_| hasher_gone())?;
+            in_flight -= 1;
+            w.write_block_hashed_here(leaf.child.cid, &leaf.block)?;
+            builder.push(w, 0, leaf.child)?;
+            spare.extend(leaf.spare.or(Some(leaf.block)));
+        }
+    })
+}
+
+fn hasher_gone() -> UnixfsError {
+    UnixfsError::BadParams("internal: the hashing thread of the importer stopped".into())
+}
+
+/// The helper thread: turns chunks into leaves, in order, until either
+/// side of the pipeline is dropped.
+fn hash_leaves(chunks: &Receiver<Vec<u8>>, leaves: &SyncSender<Leaf>, params: &Params) {
+    while let Ok(chunk) = chunks.recv() {
+        if leaves.send(make_leaf(chunk, params)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Fills `buf` unless the input ends first; returns how much was read.
@@ -70,31 +162,30 @@ fn read_full<Rd: Read>(reader: &mut Rd, buf: &mut [u8]) -> Result<usize, UnixfsE
     Ok(filled)
 }
 
-fn write_leaf<W: BlockWrite>(
-    w: &mut W,
-    chunk: &[u8],
-    params: &Params,
-) -> Result<Child, UnixfsError> {
+/// Encodes and hashes the leaf for `chunk` (which holds exactly its bytes).
+fn make_leaf(chunk: Vec<u8>, params: &Params) -> Leaf {
+    let filesize = chunk.len() as u64;
     if params.raw_leaves {
-        let cid = raw_cid(chunk);
-        w.write_block(cid, chunk)?;
-        return Ok(Child {
-            cid,
-            filesize: chunk.len() as u64,
-            tsize: chunk.len() as u64,
-        });
+        return Leaf {
+            child: Child {
+                cid: raw_cid(&chunk),
+                filesize,
+                tsize: filesize,
+            },
+            block: chunk,
+            spare: None,
+        };
     }
-    let mut data = UnixfsData::new(DataType::File);
-    data.data = chunk.to_vec();
-    data.filesize = Some(chunk.len() as u64);
-    let block = encode_node([], &data.encode());
-    let cid = dag_pb_cid(params.cid_version, &block);
-    w.write_block(cid, &block)?;
-    Ok(Child {
-        cid,
-        filesize: chunk.len() as u64,
-        tsize: block.len() as u64,
-    })
+    let block = encode_file_leaf(&chunk);
+    Leaf {
+        child: Child {
+            cid: dag_pb_cid(params.cid_version, &block),
+            filesize,
+            tsize: block.len() as u64,
+        },
+        block,
+        spare: Some(chunk),
+    }
 }
 
 /// Pending links per tree level; level 0 holds leaves.
@@ -152,7 +243,7 @@ impl Balanced {
             &data.encode(),
         );
         let cid = dag_pb_cid(self.params.cid_version, &block);
-        w.write_block(cid, &block)?;
+        w.write_block_hashed_here(cid, &block)?;
         Ok(Child {
             cid,
             filesize,

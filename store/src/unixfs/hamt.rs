@@ -88,7 +88,7 @@ fn build_level<W: BlockWrite>(
         &data.encode(),
     );
     let cid = dag_pb_cid(cid_version, &block);
-    w.write_block(cid, &block)?;
+    w.write_block_hashed_here(cid, &block)?;
     let tsize = block.len() as u64 + links.iter().map(|(_, _, t)| t).sum::<u64>();
     Ok((cid, tsize))
 }

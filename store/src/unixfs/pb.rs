@@ -147,6 +147,29 @@ pub(crate) fn encode_node<'l>(
     out
 }
 
+/// The dag-pb leaf Kubo writes for a chunk without raw leaves: a node with
+/// no links whose Data is a UnixFS File holding `chunk` and its filesize.
+/// Byte for byte `encode_node([], &UnixfsData{File, data: chunk, filesize})`,
+/// but copies the chunk once instead of three times.
+pub(crate) fn encode_file_leaf(chunk: &[u8]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(16);
+    put_varint_field(&mut head, 1, DataType::File.code());
+    if !chunk.is_empty() {
+        put_key(&mut head, 2, WIRE_LEN);
+        put_varint(&mut head, chunk.len() as u64);
+    }
+    let mut tail = Vec::with_capacity(11);
+    put_varint_field(&mut tail, 3, chunk.len() as u64);
+    let inner_len = head.len() + chunk.len() + tail.len();
+    let mut out = Vec::with_capacity(inner_len + 11);
+    put_key(&mut out, 1, WIRE_LEN);
+    put_varint(&mut out, inner_len as u64);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(chunk);
+    out.extend_from_slice(&tail);
+    out
+}
+
 fn parse_cid(bytes: &[u8]) -> Result<Cid, String> {
     let mut cursor = std::io::Cursor::new(bytes);
     let cid = Cid::read_bytes(&mut cursor).map_err(|e| format!("bad link CID: {e}"))?;
@@ -322,6 +345,21 @@ mod tests {
             UnixfsData::decode(back.data.as_deref().expect("data")).expect("unixfs"),
             data
         );
+    }
+
+    #[test]
+    fn file_leaf_encoder_matches_the_generic_one() {
+        for len in [0usize, 1, 127, 128, 300, 16384, 256 << 10, 1 << 20] {
+            let chunk: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut data = UnixfsData::new(DataType::File);
+            data.data = chunk.clone();
+            data.filesize = Some(len as u64);
+            assert_eq!(
+                encode_file_leaf(&chunk),
+                encode_node([], &data.encode()),
+                "{len}"
+            );
+        }
     }
 
     #[test]
