@@ -311,6 +311,9 @@ fn a_host_dying_mid_transfer_fails_cleanly_and_another_host_serves_later() {
             break (store, out);
         }
         eprintln!("later request {attempts} failed: {}", stderr_of(&out));
+        if std::env::var_os("LAN_DEBUG").is_some() {
+            eprintln!("B: {}\nC: {}", b.stderr().join("\n"), c.stderr().join("\n"));
+        }
     };
     eprintln!("a later request succeeded after {attempts} attempt(s)");
     assert!(
