@@ -7,7 +7,7 @@
 use crate::hash::{check_hash_part, HashAlgo, NixHash};
 use crate::import::{import_nar, ImportError, Imported, PathMeta};
 use crate::narinfo::{NarInfo, NarInfoError, MAX_NARINFO_LEN};
-use crate::nixstore::{closure_order, ClosureItem, NixPathInfo, NixStoreError};
+use crate::nixstore::{order_within, ClosureItem, NixPathInfo, NixStoreError};
 use crate::pathinfo::Reference;
 use cid::Cid;
 use ipnix_store::BlockWrite;
@@ -343,24 +343,9 @@ impl CacheClient {
             queue.extend(info.reference_paths());
             narinfos.insert(path, info);
         }
-        let as_nix: Vec<NixPathInfo> = narinfos
-            .values()
-            .map(|n| NixPathInfo {
-                path: n.store_path.clone(),
-                nar_hash: n.nar_hash.clone(),
-                nar_size: n.nar_size,
-                // Already-known paths are satisfied; leave them out of the ordering.
-                references: n
-                    .reference_paths()
-                    .into_iter()
-                    .filter(|r| !skipped.contains_key(r))
-                    .collect(),
-                deriver: None,
-                signatures: Vec::new(),
-                ca: None,
-            })
-            .collect();
-        let order = closure_order(as_nix)?;
+        // Already-known paths are outside the set: satisfied.
+        let as_nix: Vec<NixPathInfo> = narinfos.values().map(NixPathInfo::from).collect();
+        let order = order_within(as_nix)?;
         let mut cids = skipped.clone();
         let mut items: Vec<ClosureItem> = skipped
             .iter()

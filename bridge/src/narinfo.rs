@@ -69,6 +69,21 @@ pub fn fingerprint(
     )
 }
 
+impl From<&NarInfo> for crate::nixstore::NixPathInfo {
+    /// What ordering and importing need of a narinfo.
+    fn from(narinfo: &NarInfo) -> Self {
+        Self {
+            path: narinfo.store_path.clone(),
+            nar_hash: narinfo.nar_hash.clone(),
+            nar_size: narinfo.nar_size,
+            references: narinfo.reference_paths(),
+            deriver: None,
+            signatures: Vec::new(),
+            ca: None,
+        }
+    }
+}
+
 impl NarInfo {
     /// Parses an untrusted narinfo.
     pub fn parse(text: &[u8]) -> Result<Self, NarInfoError> {

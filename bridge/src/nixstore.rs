@@ -214,6 +214,36 @@ fn parse_one(item: &serde_json::Value) -> Result<NixPathInfo, NixStoreError> {
     })
 }
 
+/// [`closure_order`] of a set that need not be closed: references to paths
+/// outside `infos` count as already satisfied (imported before, or left to
+/// the caller).
+pub fn order_within(infos: Vec<NixPathInfo>) -> Result<Vec<NixPathInfo>, NixStoreError> {
+    let in_set: std::collections::HashSet<String> = infos.iter().map(|i| i.path.clone()).collect();
+    let mut full: HashMap<String, Vec<String>> = HashMap::new();
+    let restricted = infos
+        .into_iter()
+        .map(|mut info| {
+            let (inside, _): (Vec<String>, Vec<String>) = info
+                .references
+                .iter()
+                .cloned()
+                .partition(|r| in_set.contains(r));
+            full.insert(
+                info.path.clone(),
+                std::mem::replace(&mut info.references, inside),
+            );
+            info
+        })
+        .collect();
+    let mut order = closure_order(restricted)?;
+    for info in &mut order {
+        if let Some(references) = full.remove(&info.path) {
+            info.references = references;
+        }
+    }
+    Ok(order)
+}
+
 /// Orders path-infos so that every path comes after the paths it references
 /// (a self-reference is ignored). Ties are broken by path for determinism.
 pub fn closure_order(infos: Vec<NixPathInfo>) -> Result<Vec<NixPathInfo>, NixStoreError> {

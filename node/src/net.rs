@@ -209,3 +209,27 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The public bootstrap list and DNS resolution exist only behind
+    /// `--public`; no default (daemon or test) reaches beyond the LAN.
+    #[test]
+    fn defaults_never_reach_the_public_network() {
+        for config in [
+            NetConfig::new(Keypair::generate_ed25519()),
+            NetConfig::loopback(Keypair::generate_ed25519()),
+        ] {
+            assert!(!config.public_dht);
+            assert!(config.bootstrap.is_empty());
+        }
+        let loopback = NetConfig::loopback(Keypair::generate_ed25519());
+        assert!(!loopback.mdns);
+        assert!(loopback
+            .listen
+            .iter()
+            .all(|a| a.to_string().starts_with("/ip4/127.0.0.1/")));
+    }
+}

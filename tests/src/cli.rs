@@ -62,24 +62,9 @@ impl Ipnix {
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .command()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ipnix runs");
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            // A command that stops reading early closes the pipe; that is its business.
-            let _ = pipe.write_all(&data);
-        });
-        let out = child.wait_with_output().expect("ipnix finishes");
-        writer.join().expect("stdin writer");
-        out
+        let mut cmd = self.command();
+        cmd.args(args);
+        output_with_stdin(cmd, stdin)
     }
 
     /// Runs and requires success; returns stdout.
@@ -236,4 +221,26 @@ impl Drop for Daemon {
             self.terminate();
         }
     }
+}
+
+/// Runs `cmd` with `stdin` fed to it from another thread (so a command that
+/// writes before it has read everything cannot deadlock), and collects its
+/// output.
+pub fn output_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut pipe = child.stdin.take().expect("stdin piped");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command that stops reading early closes the pipe; that is its business.
+        let _ = pipe.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("the command finishes");
+    writer.join().expect("stdin writer");
+    out
 }

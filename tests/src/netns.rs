@@ -27,7 +27,7 @@
 use crate::cli::Ipnix;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::VecDeque;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -368,22 +368,7 @@ impl HostDaemon {
 
     /// Like [`run`](Self::run) with `stdin` fed to the command.
     pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .cli(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ip netns exec ipnix runs");
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            // A command that stops reading early closes the pipe; that is its business.
-            let _ = pipe.write_all(&data);
-        });
-        let out = child.wait_with_output().expect("ipnix finishes");
-        writer.join().expect("stdin writer");
-        out
+        crate::cli::output_with_stdin(self.cli(args), stdin)
     }
 
     /// The `ipnix --repo R ARGS` command inside the host, to spawn yourself.

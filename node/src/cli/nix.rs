@@ -17,13 +17,13 @@ use ipnix_bridge::git::git_id;
 use ipnix_bridge::hash::{check_hash_part, StorePath, DEFAULT_STORE_DIR};
 use ipnix_bridge::import::{import_nar, Imported};
 use ipnix_bridge::narinfo::NarInfo;
-use ipnix_bridge::nixstore::{self, closure_order, Dump, NixPathInfo, NixStoreError};
+use ipnix_bridge::nixstore::{self, Dump, NixPathInfo, NixStoreError};
 use ipnix_bridge::pathinfo::{split_store_path, RootKind};
 use ipnix_bridge::PathInfo;
 use ipnix_node::http::nixcache::{indexed_pathinfo, PATH_INDEX, PIN_PREFIX};
 use ipnix_store::block::{DAG_CBOR, GIT_RAW};
 use ipnix_store::PinMode;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -121,21 +121,7 @@ fn already_imported(ctx: &Ctx, store_path: &str) -> anyhow::Result<Option<Cid>> 
 /// Orders paths dependencies first; references outside the set are left to
 /// the caller (already imported, or an error).
 fn import_order(infos: Vec<NixPathInfo>) -> anyhow::Result<Vec<NixPathInfo>> {
-    let in_set: HashSet<String> = infos.iter().map(|i| i.path.clone()).collect();
-    let by_path: HashMap<String, NixPathInfo> =
-        infos.iter().map(|i| (i.path.clone(), i.clone())).collect();
-    let restricted = infos
-        .into_iter()
-        .map(|mut info| {
-            info.references.retain(|r| in_set.contains(r));
-            info
-        })
-        .collect();
-    let order = closure_order(restricted).map_err(nix_error)?;
-    Ok(order
-        .into_iter()
-        .map(|info| by_path[&info.path].clone())
-        .collect())
+    nixstore::order_within(infos).map_err(nix_error)
 }
 
 /// The path-info CIDs of `references` (not `path` itself): imported in this
@@ -340,18 +326,7 @@ fn import_from_cache(
         }
         narinfos.insert(info.store_path.clone(), info);
     }
-    let as_nix: Vec<NixPathInfo> = narinfos
-        .values()
-        .map(|n| NixPathInfo {
-            path: n.store_path.clone(),
-            nar_hash: n.nar_hash.clone(),
-            nar_size: n.nar_size,
-            references: n.reference_paths(),
-            deriver: None,
-            signatures: Vec::new(),
-            ca: None,
-        })
-        .collect();
+    let as_nix: Vec<NixPathInfo> = narinfos.values().map(NixPathInfo::from).collect();
     let mut known = present.clone();
     for path in &requested {
         if let Some(cid) = present.get(path) {

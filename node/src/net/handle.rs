@@ -212,15 +212,7 @@ impl NodeHandle {
         limit: usize,
         timeout: Duration,
     ) -> Result<Vec<PeerId>, NetError> {
-        let deadline = Instant::now() + timeout;
-        self.ask(|reply| Command::FindProviders {
-            cid,
-            limit,
-            deadline,
-            connect: false,
-            reply,
-        })
-        .await?
+        self.lookup_providers(cid, limit, timeout, false).await
     }
 
     /// Like [`find_providers`](Self::find_providers), and dials each provider
@@ -231,12 +223,22 @@ impl NodeHandle {
         limit: usize,
         timeout: Duration,
     ) -> Result<Vec<PeerId>, NetError> {
+        self.lookup_providers(cid, limit, timeout, true).await
+    }
+
+    async fn lookup_providers(
+        &self,
+        cid: Cid,
+        limit: usize,
+        timeout: Duration,
+        connect: bool,
+    ) -> Result<Vec<PeerId>, NetError> {
         let deadline = Instant::now() + timeout;
         self.ask(|reply| Command::FindProviders {
             cid,
             limit,
             deadline,
-            connect: true,
+            connect,
             reply,
         })
         .await?
