@@ -2,7 +2,9 @@
 //! blobs, large blobs through the UnixFS map) and renders it as a NAR stream
 //! or materialises it on disk, re-validating every untrusted object and
 //! hashing the NAR as it goes, so a mismatch with the path-info's NAR hash or
-//! size is an error. On disk nothing is ever written through a symlink.
+//! size is an error. A NAR checked against a recorded hash reads stored
+//! blocks without re-hashing them, since that hash covers every byte
+//! (DESIGN.md I-21). On disk nothing is ever written through a symlink.
 
 use crate::git::{self, parse_blob, parse_tree, BlobHasher, GitError, Mode};
 use crate::hash::NixHash;
@@ -201,6 +203,28 @@ impl<W: Write> Sink for NarSink<W> {
 struct Walker<'a, R: BlockRead> {
     r: &'a R,
     blobs: &'a [LargeBlob],
+    /// The output is checked against a recorded NAR hash before it counts:
+    /// stored blocks need not be re-hashed, nor large blobs re-checked
+    /// against their git ids (DESIGN.md I-21).
+    nar_hash_checked: bool,
+}
+
+/// The UnixFS reader's view of the blocks: through
+/// [`BlockRead::read_block_unverified`] in a walk whose output the NAR hash
+/// covers.
+struct UnixfsReads<'a, R: BlockRead> {
+    r: &'a R,
+    verify: bool,
+}
+
+impl<R: BlockRead> BlockRead for UnixfsReads<'_, R> {
+    fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        if self.verify {
+            self.r.read_block(cid)
+        } else {
+            self.r.read_block_unverified(cid)
+        }
+    }
 }
 
 impl<R: BlockRead> Walker<'_, R> {
@@ -248,6 +272,12 @@ impl<R: BlockRead> Walker<'_, R> {
     }
 
     fn blob(&self, cid: &Cid) -> Result<Bytes, ExportError> {
+        if self.nar_hash_checked {
+            return self
+                .r
+                .read_block_unverified(cid)?
+                .ok_or(ExportError::Missing(*cid));
+        }
         read_verified(self.r, cid)
     }
 
@@ -255,7 +285,7 @@ impl<R: BlockRead> Walker<'_, R> {
         if depth >= MAX_DEPTH {
             return Err(ExportError::TooDeep);
         }
-        let data = read_verified(self.r, cid)?;
+        let data = self.blob(cid)?;
         let mut entries =
             parse_tree(&data).map_err(|source| ExportError::Git { cid: *cid, source })?;
         // NAR orders entries by plain bytes, git by name-with-slash-for-trees.
@@ -284,9 +314,13 @@ impl<R: BlockRead> Walker<'_, R> {
             cid: blob.unixfs,
             source,
         };
-        let mut reader = unixfs::cat(self.r, &blob.unixfs).map_err(unixfs_error)?;
+        let reads = UnixfsReads {
+            r: self.r,
+            verify: !self.nar_hash_checked,
+        };
+        let mut reader = unixfs::cat(&reads, &blob.unixfs).map_err(unixfs_error)?;
         sink.file(executable, blob.size)?;
-        let mut hasher = BlobHasher::new(blob.size);
+        let mut hasher = (!self.nar_hash_checked).then(|| BlobHasher::new(blob.size));
         let mut remaining = blob.size;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -303,7 +337,9 @@ impl<R: BlockRead> Walker<'_, R> {
                 });
             }
             remaining -= n as u64;
-            hasher.update(&buf[..n]);
+            if let Some(hasher) = &mut hasher {
+                hasher.update(&buf[..n]);
+            }
             sink.file_data(&buf[..n])?;
         }
         if remaining != 0 {
@@ -312,6 +348,9 @@ impl<R: BlockRead> Walker<'_, R> {
                 expected: blob.size,
             });
         }
+        let Some(hasher) = hasher else {
+            return Ok(());
+        };
         let id = git::git_id(&blob.git).map_err(|source| ExportError::Git {
             cid: blob.git,
             source,
@@ -375,6 +414,7 @@ pub fn export_nar<R: BlockRead, W: Write>(
     Walker {
         r,
         blobs: &plan.blobs,
+        nar_hash_checked: plan.expected.is_some(),
     }
     .node(plan.kind, &plan.root, &mut sink, 0)?;
     let (_, summary) = sink.nar.finish()?;
@@ -496,9 +536,11 @@ pub fn export_dir<R: BlockRead>(r: &R, cid: &Cid, dest: &Path) -> Result<NarSumm
             next: Some(dest.to_owned()),
             file: None,
         };
+        // Files land on disk before the NAR hash is known: check every block.
         Walker {
             r,
             blobs: &plan.blobs,
+            nar_hash_checked: false,
         }
         .node(plan.kind, &plan.root, &mut sink, 0)?;
         drop(sink.file.take());

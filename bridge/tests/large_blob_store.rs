@@ -69,3 +69,70 @@ fn large_blobs_pin_gc_export_and_car() {
     export_nar(&other, &imported.pathinfo_cid, &mut again).expect("export b");
     assert_eq!(again, nar);
 }
+
+/// DESIGN.md I-21: rendering a path-info's NAR reads stored blocks without
+/// re-hashing them, so a damaged pack byte is caught by the NAR hash (and a
+/// verifying reader still reports the block itself as corrupt).
+#[test]
+fn a_damaged_block_fails_the_nar_hash_check_of_an_unverified_render() {
+    use ipnix_bridge::export::{export_dir, ExportError};
+    use ipnix_store::{BlockRead, Bytes, Cid, StoreError};
+    use std::os::unix::fs::FileExt;
+
+    /// Only `read_block`: every read goes through the verifying path.
+    struct Verifying<'a>(&'a Store);
+    impl BlockRead for Verifying<'_> {
+        fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+            self.0.get(cid)
+        }
+    }
+
+    let nar = nar_with_large_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let store = Store::open(&repo).expect("open");
+    let mut session = store.session();
+    let meta = PathMeta::new("/nix/store/00000000000000000000000000000000-large");
+    let imported = import_nar(&mut session, &nar[..], meta).expect("import");
+    session
+        .finish(Some((imported.pathinfo_cid, PinMode::Recursive, None)))
+        .expect("pin");
+    drop(store);
+
+    // The first pack record is the first 1 MiB chunk of big.bin (trees and
+    // tiny blobs are inline): flip a byte well inside its data.
+    let pack = std::fs::read_dir(repo.join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .min()
+        .expect("a pack");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .expect("open pack");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 100_000).expect("read");
+    byte[0] ^= 0x01;
+    file.write_all_at(&byte, 100_000).expect("write");
+
+    let store = Store::open(&repo).expect("reopen");
+    let mut out = Vec::new();
+    let err = export_nar(&store, &imported.pathinfo_cid, &mut out).expect_err("damaged");
+    assert!(
+        matches!(err, ExportError::HashMismatch { .. }),
+        "unverified render: {err}"
+    );
+    let err = export_nar(&Verifying(&store), &imported.pathinfo_cid, std::io::sink())
+        .expect_err("damaged");
+    assert!(
+        err.to_string().contains("do not match"),
+        "verified render: {err}"
+    );
+    let dest = dir.path().join("out");
+    let err = export_dir(&store, &imported.pathinfo_cid, &dest).expect_err("damaged");
+    assert!(
+        err.to_string().contains("do not match"),
+        "export_dir: {err}"
+    );
+}

@@ -463,9 +463,16 @@ impl NetworkBlocks {
     }
 }
 
-impl BlockRead for NetworkBlocks {
-    fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
-        if let Some(data) = self.store.get(cid)? {
+impl NetworkBlocks {
+    /// The stored block (re-hashed or not), else the block from peers
+    /// (always verified on arrival).
+    fn read(&self, cid: &Cid, verify_stored: bool) -> Result<Option<Bytes>, StoreError> {
+        let stored = if verify_stored {
+            self.store.get(cid)?
+        } else {
+            self.store.get_unverified(cid)?
+        };
+        if let Some(data) = stored {
             return Ok(Some(data));
         }
         if self.node.is_none() {
@@ -479,5 +486,14 @@ impl BlockRead for NetworkBlocks {
                 Ok(None)
             }
         }
+    }
+}
+
+impl BlockRead for NetworkBlocks {
+    fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.read(cid, true)
+    }
+    fn read_block_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.read(cid, false)
     }
 }

@@ -84,6 +84,48 @@ async fn quic_connect_identify_and_bitswap_block() {
     block_round_trip(true).await;
 }
 
+/// Served blocks are not re-hashed (DESIGN.md I-21): a block damaged on
+/// a's disk reaches b, which refuses it and stores nothing under its CID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_damaged_on_the_servers_disk_is_refused_by_the_receiver() {
+    use std::os::unix::fs::FileExt;
+    let a = TestNode::start(|_| {}).await;
+    let b = TestNode::start(|_| {}).await;
+    b.handle()
+        .connect(a.addr(false).await)
+        .await
+        .expect("connect");
+    let data = random_bytes(300_000);
+    let cid = cid_for(RAW, &data);
+    a.store.put(&cid, &data).expect("put");
+    let pack = std::fs::read_dir(a.dir.path().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .next()
+        .expect("the block's pack");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .expect("open pack");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 200_000).expect("read");
+    byte[0] ^= 0x01;
+    file.write_all_at(&byte, 200_000).expect("write");
+
+    assert!(b
+        .handle()
+        .get_block(cid, Duration::from_secs(2))
+        .await
+        .is_err());
+    let stats = b.handle().stats().await.expect("stats");
+    // Its bytes hash to a CID nobody asked for.
+    assert!(stats.bitswap.unwanted_blocks >= 1, "{stats:?}");
+    assert!(!b.store.has(&cid).expect("has"));
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_dag_brings_a_whole_file_and_pins_it() {
     let a = TestNode::start(|_| {}).await;

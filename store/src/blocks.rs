@@ -12,6 +12,16 @@ use std::collections::HashMap;
 /// Reads blocks by CID. `Ok(None)` means "not here", never an error.
 pub trait BlockRead {
     fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError>;
+
+    /// Like [`BlockRead::read_block`], but a store may skip re-hashing bytes
+    /// it verified when it wrote them. Only for callers that check what they
+    /// make of the bytes by other means before anyone relies on it (a NAR
+    /// render checked against the path-info's NAR hash, a Bitswap peer that
+    /// verifies every block it receives). Blocks from outside are still
+    /// verified on arrival.
+    fn read_block_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.read_block(cid)
+    }
 }
 
 /// Writes blocks. Implementations verify `data` against `cid` before keeping it.
@@ -33,17 +43,26 @@ impl<T: BlockRead + ?Sized> BlockRead for &T {
     fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
         (**self).read_block(cid)
     }
+    fn read_block_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        (**self).read_block_unverified(cid)
+    }
 }
 
 impl<T: BlockRead + ?Sized> BlockRead for std::sync::Arc<T> {
     fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
         (**self).read_block(cid)
     }
+    fn read_block_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        (**self).read_block_unverified(cid)
+    }
 }
 
 impl<T: BlockRead + ?Sized> BlockRead for Box<T> {
     fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
         (**self).read_block(cid)
+    }
+    fn read_block_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        (**self).read_block_unverified(cid)
     }
 }
 

@@ -472,6 +472,18 @@ impl Store {
     /// The block's bytes, verified against its CID. A block whose bytes on
     /// disk do not match is reported as [`StoreError::Corrupt`].
     pub fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.read(cid, true)
+    }
+
+    /// The block's bytes as stored, not re-hashed (they were verified when
+    /// written; the pack record header is still checked). For readers whose
+    /// consumer verifies the content anyway: see
+    /// [`BlockRead::read_block_unverified`] and DESIGN.md I-21.
+    pub fn get_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.read(cid, false)
+    }
+
+    fn read(&self, cid: &Cid, verify: bool) -> Result<Option<Bytes>, StoreError> {
         let Some(cid) = storable(cid) else {
             return Ok(None);
         };
@@ -505,6 +517,9 @@ impl Store {
                     Err(failure) => return Err(self.read_failure(&cid, loc, failure)),
                 },
             };
+            if !verify {
+                return Ok(Some(data));
+            }
             return checked(&cid, data).map(Some);
         }
     }
@@ -843,6 +858,9 @@ fn checked(cid: &Cid, data: Bytes) -> Result<Bytes, StoreError> {
 impl BlockRead for Store {
     fn read_block(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
         self.get(cid)
+    }
+    fn read_block_unverified(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.get_unverified(cid)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Damaged pack files: a flipped byte, a damaged record header, a truncated
 //! or missing pack. Reads report `StoreError::Corrupt` (never wrong bytes),
 //! the rest of the store keeps working, and GC refuses to guess links of a
-//! pinned block it cannot read.
+//! pinned block it cannot read. `get_unverified` (DESIGN.md I-21) skips only
+//! the hash: a damaged header, truncation or missing pack is still an error.
 
 use anyhow::Result;
 use ipld_core::ipld::Ipld;
@@ -94,6 +95,34 @@ fn a_flipped_data_byte_is_reported_and_the_rest_still_works() -> Result<()> {
 }
 
 #[test]
+fn an_unverified_read_returns_the_stored_bytes_without_hashing_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let victim = raw(9, 100_000);
+    let intact = raw(10, 300);
+    let pack = put_in_own_pack(dir.path(), &[&victim, &intact])?;
+    let store = Store::open(dir.path())?;
+    assert_eq!(
+        store.get_unverified(&victim.0)?.as_deref(),
+        Some(victim.1.as_slice())
+    );
+    assert_eq!(store.get_unverified(&raw(11, 10).0)?, None);
+    drop(store);
+
+    flip_byte(&pack, 8 + 9 + victim.0.encoded_len() as u64 + 4000)?;
+    let store = Store::open(dir.path())?;
+    expect_corrupt(&store, &victim.0, "do not match");
+    // What the caller's own check (a NAR hash, the receiving peer) must catch.
+    let unchecked = store.get_unverified(&victim.0)?.expect("still indexed");
+    assert_eq!(unchecked.len(), victim.1.len());
+    assert_ne!(unchecked.as_ref(), victim.1.as_slice());
+    assert_eq!(
+        store.get_unverified(&intact.0)?.as_deref(),
+        Some(intact.1.as_slice())
+    );
+    Ok(())
+}
+
+#[test]
 fn a_damaged_record_header_is_reported() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let victim = raw(5, 40_000);
@@ -101,6 +130,10 @@ fn a_damaged_record_header_is_reported() -> Result<()> {
     flip_byte(&pack, 8)?; // record magic
     let store = Store::open(dir.path())?;
     expect_corrupt(&store, &victim.0, "no record header");
+    assert!(matches!(
+        store.get_unverified(&victim.0),
+        Err(StoreError::Corrupt { .. })
+    ));
     Ok(())
 }
 
@@ -133,6 +166,10 @@ fn a_missing_pack_is_reported() -> Result<()> {
     std::fs::remove_file(&pack)?;
     let store = Store::open(dir.path())?;
     expect_corrupt(&store, &victim.0, "is missing");
+    assert!(matches!(
+        store.get_unverified(&victim.0),
+        Err(StoreError::Corrupt { .. })
+    ));
     Ok(())
 }
 

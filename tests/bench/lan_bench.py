@@ -10,7 +10,9 @@ as root inside ../shared/peers/sandbox so nothing leaves the machine:
 
     sandbox python3 tests/bench/lan_bench.py [--mib 512] [--trials 3]
 
-IPNIX_BIN selects the binary (default target/release/ipnix). Needs Nix
+IPNIX_BIN selects the binary (default target/release/ipnix);
+LAN_BENCH_PERF=FILE records a `perf` profile of both daemons during each
+ipnix copy (the last one stays in FILE). Needs Nix
 (../shared/peers/setup-nix.sh) and nginx (installed here from Debian if
 missing). Prints a table with medians and the ratio ipnix / static cache.
 """
@@ -152,15 +154,38 @@ def fresh_nix_cache(work):
     (work / "xdg").mkdir()
 
 
-def timed_copy(ns, url, store, top, pubkey, env, work):
+def cpu_seconds(pid):
+    """User + system CPU seconds a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_copy(ns, url, store, top, pubkey, env, work, daemons=()):
+    """Seconds for one `nix copy`, and CPU seconds spent by Nix and by each
+    of `daemons` while it ran."""
     fresh_nix_cache(work)
     cmd = ns_cmd(ns, "nix", "copy", "--from", url, "--to", str(store), top,
                  "--option", "substituters", "", "--option", "trusted-public-keys", pubkey)
+    before = [cpu_seconds(d.proc.pid) for d in daemons]
+    perf = None
+    if daemons and os.environ.get("LAN_BENCH_PERF"):
+        # A CPU profile of the daemons during this copy, for `perf report -i`.
+        perf = subprocess.Popen(["perf", "record", "-F", "999", "-o", os.environ["LAN_BENCH_PERF"],
+                                 "-p", ",".join(str(d.proc.pid) for d in daemons)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    children = os.times()
     started = time.monotonic()
     run(cmd, env=env)
     elapsed = time.monotonic() - started
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    after = os.times()
+    nix_cpu = (after.children_user - children.children_user) + (after.children_system - children.children_system)
+    cpu = [cpu_seconds(d.proc.pid) - b for d, b in zip(daemons, before)]
     shutil.rmtree(store, ignore_errors=True)
-    return elapsed
+    return elapsed, nix_cpu, cpu
 
 
 def curl_time(ns, url):
@@ -236,19 +261,23 @@ def main():
         a.cli("nix", "import", "--closure", top)
         static_times, ipnix_times, hits, misses = [], [], [], []
         for trial in range(args.trials):
-            static_times.append(timed_copy(lan.hosts[1], f"http://{lan.addr(0)}:{NGINX_PORT}",
-                                           work / f"store-static-{trial}", top, pubkey, env, work))
+            seconds, static_nix_cpu, _ = timed_copy(lan.hosts[1], f"http://{lan.addr(0)}:{NGINX_PORT}",
+                                                   work / f"store-static-{trial}", top, pubkey, env, work)
+            static_times.append(seconds)
             # A fresh B each time: nothing of the closure is local to it.
             repo_b = work / f"repo-b-{trial}"
             b = Daemon(bin_path, lan.hosts[1], repo_b)
             daemons.append(b)
             b.wait_for_peer(a.peer_id)
-            ipnix_times.append(timed_copy(lan.hosts[1], f"http://127.0.0.1:{b.port}",
-                                          work / f"store-ipnix-{trial}", top, pubkey, env, work))
+            seconds, nix_cpu, (a_cpu, b_cpu) = timed_copy(lan.hosts[1], f"http://127.0.0.1:{b.port}",
+                                                          work / f"store-ipnix-{trial}", top, pubkey, env, work,
+                                                          daemons=(a, b))
+            ipnix_times.append(seconds)
             b.stop()
             daemons.remove(b)
             shutil.rmtree(repo_b, ignore_errors=True)
-            print(f"trial {trial + 1}: static {static_times[-1]:.2f} s, ipnix {ipnix_times[-1]:.2f} s", flush=True)
+            print(f"trial {trial + 1}: static {static_times[-1]:.2f} s (nix {static_nix_cpu:.2f} cpu-s), "
+                  f"ipnix {ipnix_times[-1]:.2f} s (nix {nix_cpu:.2f}, A {a_cpu:.2f}, B {b_cpu:.2f} cpu-s)", flush=True)
         # narinfo latency on a fresh B: first requests for paths A holds, and misses.
         b = Daemon(bin_path, lan.hosts[1], work / "repo-b-latency")
         daemons.append(b)

@@ -36,11 +36,11 @@ fn found<T>(cid: &Cid, result: Result<Option<T>, StoreError>) -> Option<T> {
     })
 }
 
-/// The store re-verifies pack-stored blocks on `get`; `has` and `size` are
-/// index lookups.
+/// Served blocks are not re-hashed: the peer verifies every block it
+/// receives (DESIGN.md I-21). `has` and `size` are index lookups.
 impl BlockSource for Store {
     fn get(&self, cid: &Cid) -> Option<Bytes> {
-        found(cid, Store::get(self, cid))
+        found(cid, Store::get_unverified(self, cid))
     }
 
     fn has(&self, cid: &Cid) -> bool {

@@ -2,8 +2,6 @@
 
 use super::{NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL, MAX_KAD_PACKET};
 use crate::{bitswap, pathinfo};
-use bytes::Bytes;
-use cid::Cid;
 use ipnix_store::Store;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
@@ -30,28 +28,6 @@ pub(crate) struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub bitswap: bitswap::Behaviour,
     pub pathinfo: pathinfo::Behaviour,
-}
-
-/// Bitswap serves from the store, answering want-have from the index alone.
-struct StoreSource(Arc<Store>);
-
-impl bitswap::BlockSource for StoreSource {
-    fn get(&self, cid: &Cid) -> Option<Bytes> {
-        self.0.get(cid).unwrap_or_else(|e| {
-            tracing::warn!("bitswap: reading {cid}: {e}; answering as missing");
-            None
-        })
-    }
-    fn has(&self, cid: &Cid) -> bool {
-        self.0.has(cid).unwrap_or(false)
-    }
-    fn size(&self, cid: &Cid) -> Option<usize> {
-        self.0
-            .block_size(cid)
-            .ok()
-            .flatten()
-            .and_then(|n| usize::try_from(n).ok())
-    }
 }
 
 /// The agent string identify sends: `ipnix/<crate version>`.
@@ -98,7 +74,7 @@ impl Behaviour {
                 .then(|| kademlia(peer_id, AMINO_KAD_PROTOCOL))
                 .into(),
             mdns: mdns.into(),
-            bitswap: bitswap::Behaviour::new(config.bitswap.clone(), Arc::new(StoreSource(store))),
+            bitswap: bitswap::Behaviour::new(config.bitswap.clone(), store),
             pathinfo: pathinfo::behaviour(),
         })
     }

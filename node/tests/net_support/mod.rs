@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub struct TestNode {
     pub node: Node,
     pub store: Arc<Store>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestNode {
@@ -22,11 +22,7 @@ impl TestNode {
         let node = Node::start(config, store.clone())
             .await
             .expect("node starts");
-        TestNode {
-            node,
-            store,
-            _dir: dir,
-        }
+        TestNode { node, store, dir }
     }
 
     pub fn handle(&self) -> NodeHandle {
