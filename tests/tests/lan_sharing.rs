@@ -299,23 +299,11 @@ fn a_host_dying_mid_transfer_fails_cleanly_and_another_host_serves_later() {
 
     // C gets the same closure; B, which found C by itself, now gets it from C.
     import_closure(&c, &[&blob]);
-    // A later request succeeds. Known weakness (closing note): now and then
-    // a want to C goes unanswered for the whole fetch timeout right after
-    // A's death; the next request then succeeds, so up to five are made.
-    let mut attempts = 0;
-    let (second_store, out) = loop {
-        attempts += 1;
-        let store = lab.path(&format!("store-b-later-{attempts}"));
-        let out = copy_through(&lab, host_b, &b, &store, &blob, &key);
-        if out.status.success() || attempts == 5 {
-            break (store, out);
-        }
-        eprintln!("later request {attempts} failed: {}", stderr_of(&out));
-        if std::env::var_os("LAN_DEBUG").is_some() {
-            eprintln!("B: {}\nC: {}", b.stderr().join("\n"), c.stderr().join("\n"));
-        }
-    };
-    eprintln!("a later request succeeded after {attempts} attempt(s)");
+    // A later request succeeds. A's connection to B may outlive A (QUIC
+    // waits for its idle timeout): B's want-blocks leave a peer that has
+    // gone silent for one that said HAVE (bitswap::client, SILENT_PEER).
+    let second_store = lab.path("store-b-later");
+    let out = copy_through(&lab, host_b, &b, &second_store, &blob, &key);
     assert!(
         out.status.success(),
         "nix copy from C through B: {}\nB's daemon: {}\nC's daemon: {}",

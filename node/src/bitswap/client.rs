@@ -25,6 +25,12 @@ const RECENT_SUPPLIER: Duration = Duration::from_secs(60);
 /// A want nobody had is asked again this often: a peer that said DONT_HAVE
 /// may have the block by now (it imported it, or fetched it itself).
 const REASK_INTERVAL: Duration = Duration::from_secs(3);
+/// A want-block gives way to a peer that said HAVE once the peer holding it
+/// has sent nothing at all for this long. A peer that died can stay
+/// "connected" until its connection times out (QUIC: 10 s idle), far
+/// beyond a LAN fetch's patience; a live one sending other blocks is not
+/// silent.
+const SILENT_PEER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ClientLimits {
@@ -91,6 +97,10 @@ struct ClientPeer {
     send_full: bool,
     block_asks: usize,
     last_block: Option<Instant>,
+    /// When the peer last sent a block or presence (or connected).
+    last_heard: Instant,
+    /// A want-block timed out on its silence; chosen last until it speaks.
+    unresponsive: bool,
 }
 
 impl ClientPeer {
@@ -107,7 +117,14 @@ impl ClientPeer {
             send_full: false,
             block_asks: 0,
             last_block: None,
+            last_heard: Instant::now(),
+            unresponsive: false,
         }
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.unresponsive = false;
     }
 
     fn remember(&mut self, cid: Cid, cap: usize) {
@@ -317,7 +334,7 @@ impl Client {
         candidates
             .iter()
             .filter_map(|id| self.peers.get(id).map(|p| (id, p)))
-            .min_by_key(|(_, p)| (!p.is_recent_supplier(now), p.block_asks))
+            .min_by_key(|(_, p)| (p.unresponsive, !p.is_recent_supplier(now), p.block_asks))
             .map(|(id, _)| *id)
     }
 
@@ -471,6 +488,7 @@ impl Client {
     pub(crate) fn on_block(&mut self, from: PeerId, cid: Cid, data: Bytes) -> BlockVerdict {
         let now = Instant::now();
         if let Some(peer) = self.peers.get_mut(&from) {
+            peer.heard(now);
             if peer.sent.contains_key(&cid) || self.wants.contains_key(&cid) {
                 peer.last_block = Some(now);
             }
@@ -501,6 +519,9 @@ impl Client {
         match presence {
             Presence::Have => Stats::add(&self.stats.haves_received, 1),
             Presence::DontHave => Stats::add(&self.stats.dont_haves_received, 1),
+        }
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.heard(Instant::now());
         }
         let Some(want) = self.wants.get_mut(&cid) else {
             return;
@@ -537,36 +558,61 @@ impl Client {
         }
     }
 
-    /// Times out unanswered asks; call about once a second.
+    /// Times out unanswered asks (and want-blocks at a silent peer when
+    /// another peer said HAVE); call about once a second.
     pub(crate) fn tick(&mut self, now: Instant) {
-        let mut moved = Vec::new();
-        for (cid, want) in self.wants.iter_mut() {
+        let mut expired = Vec::new();
+        for (cid, want) in &self.wants {
+            let ask_at = |id: &PeerId| self.peers.get(id).and_then(|p| p.sent.get(cid));
+            let someone_has = want
+                .asked
+                .iter()
+                .any(|id| ask_at(id).is_some_and(|ask| ask.state == AskState::Have));
             for peer_id in &want.asked {
-                let Some(peer) = self.peers.get_mut(peer_id) else {
-                    continue;
-                };
-                let Some(ask) = peer.sent.get_mut(cid) else {
+                let (Some(peer), Some(ask)) = (self.peers.get(peer_id), ask_at(peer_id)) else {
                     continue;
                 };
                 if ask.state != AskState::Waiting {
                     continue;
                 }
+                let waited = now.saturating_duration_since(ask.at);
                 let limit = match ask.want_type {
                     WantType::Block => self.limits.block_timeout,
                     WantType::Have => self.limits.have_timeout,
                 };
-                if now.duration_since(ask.at) < limit {
-                    continue;
+                let silent = ask.want_type == WantType::Block
+                    && someone_has
+                    && waited >= SILENT_PEER
+                    && now.saturating_duration_since(peer.last_heard) >= SILENT_PEER;
+                if waited >= limit || silent {
+                    expired.push((*cid, *peer_id, silent));
                 }
-                ask.state = AskState::TimedOut;
-                if ask.want_type == WantType::Block {
-                    peer.block_asks = peer.block_asks.saturating_sub(1);
-                    if want.block_peer == Some(*peer_id) {
-                        want.block_peer = None;
-                    }
-                }
-                moved.push(*cid);
             }
+        }
+        let mut moved = Vec::new();
+        for (cid, peer_id, silent) in expired {
+            let (Some(want), Some(peer)) = (self.wants.get_mut(&cid), self.peers.get_mut(&peer_id))
+            else {
+                continue;
+            };
+            let Some(ask) = peer.sent.get_mut(&cid) else {
+                continue;
+            };
+            ask.state = AskState::TimedOut;
+            if ask.want_type == WantType::Block {
+                peer.block_asks = peer.block_asks.saturating_sub(1);
+                if silent && !peer.unresponsive {
+                    peer.unresponsive = true;
+                    tracing::info!(
+                        "bitswap: {peer_id} sent nothing for {SILENT_PEER:?}; \
+                         its want-blocks go to peers that have the blocks"
+                    );
+                }
+                if want.block_peer == Some(peer_id) {
+                    want.block_peer = None;
+                }
+            }
+            moved.push(cid);
         }
         for cid in moved {
             self.advance(cid);
@@ -852,6 +898,47 @@ mod tests {
         client.on_presence(other, cid, Presence::Have);
         client.tick(Instant::now() + Duration::from_secs(11));
         assert_eq!(client.wants[&cid].block_peer, Some(other));
+    }
+
+    #[test]
+    fn a_silent_peer_gives_the_want_block_to_one_that_has_the_block() {
+        let mut client = client();
+        let (dead, alive) = (PeerId::random(), PeerId::random());
+        client.peer_connected(dead);
+        client.peer_connected(alive);
+        let cid = cid_for(RAW, b"s");
+        client.want(cid, WantOptions::default()).expect("want");
+        let block_peer = client.wants[&cid].block_peer.expect("someone fetches");
+        let (dead, alive) = if block_peer == dead {
+            (dead, alive)
+        } else {
+            (alive, dead)
+        };
+        client.on_presence(alive, cid, Presence::Have);
+        let now = Instant::now();
+        client.tick(now + SILENT_PEER / 2);
+        assert_eq!(client.wants[&cid].block_peer, Some(dead), "not at once");
+        client.tick(now + SILENT_PEER + Duration::from_millis(100));
+        assert_eq!(client.wants[&cid].block_peer, Some(alive));
+        assert!(client.peers[&dead].unresponsive);
+        // The next want's block goes to the peer that answers.
+        let next = cid_for(RAW, b"t");
+        client.want(next, WantOptions::default()).expect("want");
+        assert_eq!(client.wants[&next].block_peer, Some(alive));
+        // Hearing from the silent peer again makes it a candidate again.
+        client.on_presence(dead, next, Presence::DontHave);
+        assert!(!client.peers[&dead].unresponsive);
+    }
+
+    #[test]
+    fn a_silent_peer_keeps_the_want_block_when_nobody_else_has_it() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let cid = cid_for(RAW, b"u");
+        client.want(cid, WantOptions::default()).expect("want");
+        client.tick(Instant::now() + SILENT_PEER * 2);
+        assert_eq!(client.wants[&cid].block_peer, Some(a));
     }
 
     #[test]
