@@ -14,7 +14,7 @@ use ipnix_store::block::{IDENTITY, RAW};
 use ipnix_store::links::{dag_links, DagLinks, LinksError};
 use ipnix_store::{BlockRead, PinMode, Store, StoreError};
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -113,6 +113,9 @@ pub struct FetchOptions {
     /// references, to fetch one store path rather than its whole closure.
     pub skip: Vec<Cid>,
     pub progress: Option<ProgressFn>,
+    /// Once set, the wants still to be made are prompt (someone waits for
+    /// this DAG now): peers serve them before walks that run ahead.
+    pub prompt: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for FetchOptions {
@@ -136,6 +139,7 @@ impl Default for FetchOptions {
             pin: None,
             skip: Vec::new(),
             progress: None,
+            prompt: None,
         }
     }
 }
@@ -318,11 +322,15 @@ pub async fn fetch_dag(
                     let node = node.clone();
                     let timeout = opts.block_timeout;
                     let is_root = cid == root;
+                    let prompt = opts
+                        .prompt
+                        .as_ref()
+                        .is_some_and(|p| p.load(Ordering::Relaxed));
                     in_flight.push(async move {
                         let result = if is_root {
                             node.get_block(cid, timeout).await
                         } else {
-                            node.want_block(cid, timeout).await
+                            node.want_block(cid, timeout, prompt).await
                         };
                         (cid, result)
                     });
@@ -449,7 +457,7 @@ impl NetworkBlocks {
             let counter = self.prefetching.clone();
             let timeout = self.timeout;
             self.runtime.spawn(async move {
-                if let Ok(data) = node.want_block(child, timeout).await {
+                if let Ok(data) = node.want_block(child, timeout, false).await {
                     let _ = tokio::task::spawn_blocking(move || {
                         if let Err(e) = store.put(&child, &data) {
                             tracing::warn!("prefetch: storing {child}: {e}");

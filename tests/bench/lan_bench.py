@@ -103,12 +103,21 @@ class Lan:
             run(["ip", "netns", "del", ns], check=False)
 
 
+LISTEN = {
+    "both": [],
+    "tcp": ["--listen", "/ip4/0.0.0.0/tcp/4801"],
+    "quic": ["--listen", "/ip4/0.0.0.0/udp/4801/quic-v1"],
+}
+
+
 class Daemon:
+    transport = "both"
+
     def __init__(self, bin_path, ns, repo):
         self.bin, self.ns, self.repo = bin_path, ns, repo
         self.log = open(repo.parent / f"{repo.name}.log", "w")
         self.proc = subprocess.Popen(
-            ns_cmd(ns, str(bin_path), "--repo", str(repo), "daemon"),
+            ns_cmd(ns, str(bin_path), "--repo", str(repo), "daemon", *LISTEN[self.transport]),
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.peer_id = None
         for line in self.proc.stdout:
@@ -224,7 +233,10 @@ def main():
     parser.add_argument("--mib", type=int, default=512, help="closure size (MiB, at least 500 for the issue)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--narinfo-samples", type=int, default=20)
+    parser.add_argument("--transport", choices=sorted(LISTEN), default="both",
+                        help="what the daemons listen on (default: TCP and QUIC, as shipped)")
     args = parser.parse_args()
+    Daemon.transport = args.transport
     if os.geteuid() != 0:
         sys.exit("lan_bench: needs root (network namespaces)")
     bin_path = Path(os.environ.get("IPNIX_BIN", ROOT / "target/release/ipnix")).resolve()
@@ -299,7 +311,8 @@ def main():
     mib = nar_bytes / 2**20
     static, ours = statistics.median(static_times), statistics.median(ipnix_times)
     print()
-    print(f"closure: {len(closure)} paths, {mib:.0f} MiB of NARs; {args.trials} trials (medians); load {os.getloadavg()[0]:.1f}")
+    print(f"closure: {len(closure)} paths, {mib:.0f} MiB of NARs; {args.trials} trials (medians); "
+          f"transport {args.transport}; load {os.getloadavg()[0]:.1f}")
     print(f"| nix copy A -> B over veth | seconds | MiB/s | ratio |")
     print(f"|---|---|---|---|")
     print(f"| nginx static cache on A | {static:.2f} | {mib / static:.0f} | 1.00 |")

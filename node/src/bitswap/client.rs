@@ -46,6 +46,7 @@ struct Want {
     targets: Vec<PeerId>,
     send_dont_have: bool,
     urgent: bool,
+    prompt: bool,
     /// Peers holding an entry for this want.
     asked: Vec<PeerId>,
     /// The peer a want-block is outstanding at.
@@ -58,12 +59,19 @@ impl Want {
         self.targets.is_empty() || self.targets.contains(peer)
     }
 
+    /// Urgent wants top everything; prompt ones come next, in the upper
+    /// half of the range; the rest below. Within a tier, older wants first,
+    /// as a DAG walk wants them.
     fn priority(&self) -> i32 {
+        const HALF: u64 = 1 << 30;
+        let age = (self.id.0 % (HALF - 1)) as i32;
         if self.urgent {
-            return i32::MAX;
+            i32::MAX
+        } else if self.prompt {
+            i32::MAX - 1 - age
+        } else {
+            (HALF - 1) as i32 - age
         }
-        // Older wants first, as a DAG walk wants them.
-        i32::MAX - 1 - (self.id.0 % (i32::MAX as u64 - 1)) as i32
     }
 }
 
@@ -238,7 +246,12 @@ impl Client {
                 want.targets.len() != before
             };
             want.send_dont_have |= options.send_dont_have;
+            let before = want.priority();
             want.urgent |= options.urgent;
+            want.prompt |= options.prompt;
+            if want.priority() != before {
+                self.resend(cid);
+            }
             // Asked for again: whoever declined earlier is asked afresh.
             self.reask_declined(cid, Instant::now(), None);
             if widened {
@@ -262,6 +275,7 @@ impl Client {
             targets: options.peers,
             send_dont_have: options.send_dont_have,
             urgent: options.urgent,
+            prompt: options.prompt,
             asked: Vec::new(),
             block_peer: None,
             failure_reported: false,
@@ -279,6 +293,24 @@ impl Client {
             self.ask(cid, peer);
         }
         Ok(id)
+    }
+
+    /// Tells every peer holding the want its new priority.
+    fn resend(&mut self, cid: Cid) {
+        let Some(want) = self.wants.get(&cid) else {
+            return;
+        };
+        for peer_id in &want.asked {
+            if let Some(peer) = self.peers.get_mut(peer_id) {
+                if let Some(ask) = peer.sent.get(&cid) {
+                    if ask.state == AskState::Waiting || ask.state == AskState::Have {
+                        peer.pending
+                            .insert(cid, entry_for(cid, want, ask.want_type));
+                        self.dirty.insert(*peer_id);
+                    }
+                }
+            }
+        }
     }
 
     /// Asks again the peers that said DONT_HAVE or never answered, if they
@@ -939,6 +971,47 @@ mod tests {
         client.want(cid, WantOptions::default()).expect("want");
         client.tick(Instant::now() + SILENT_PEER * 2);
         assert_eq!(client.wants[&cid].block_peer, Some(a));
+    }
+
+    #[test]
+    fn urgent_then_prompt_then_background_and_upgrades_are_resent() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let background = cid_for(RAW, b"bg");
+        let prompt = cid_for(RAW, b"prompt");
+        let urgent = cid_for(RAW, b"urgent");
+        client
+            .want(background, WantOptions::default())
+            .expect("want");
+        let prompt_options = WantOptions {
+            prompt: true,
+            ..WantOptions::default()
+        };
+        client.want(prompt, prompt_options.clone()).expect("want");
+        let urgent_options = WantOptions {
+            urgent: true,
+            ..WantOptions::default()
+        };
+        client.want(urgent, urgent_options).expect("want");
+        let priority = |client: &Client, cid: &Cid| client.wants[cid].priority();
+        assert!(priority(&client, &urgent) > priority(&client, &prompt));
+        assert!(priority(&client, &prompt) > priority(&client, &background));
+        // A later prompt want still beats an older background one.
+        client.cancel(&prompt);
+        client.want(prompt, prompt_options.clone()).expect("want");
+        assert!(priority(&client, &prompt) > priority(&client, &background));
+        // Made prompt later: the peer holding it hears the new priority.
+        let _ = client.take_message(a);
+        client.want(background, prompt_options).expect("want again");
+        let message = client.take_message(a).expect("an update");
+        let entry = message
+            .entries
+            .iter()
+            .find(|e| e.cid == background)
+            .expect("the upgraded want");
+        assert_eq!(entry.priority, priority(&client, &background));
+        assert!(!entry.cancel);
     }
 
     #[test]

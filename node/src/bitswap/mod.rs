@@ -141,6 +141,9 @@ pub struct WantOptions {
     /// Someone waits for this very block (a path-info, the next block of a
     /// stream): peers serve it before the bulk of a DAG walk's wants.
     pub urgent: bool,
+    /// Part of a DAG someone waits for now (the store path whose NAR Nix
+    /// asked for): served after urgent blocks, before walks run ahead.
+    pub prompt: bool,
 }
 
 impl Default for WantOptions {
@@ -149,6 +152,7 @@ impl Default for WantOptions {
             peers: Vec::new(),
             send_dont_have: true,
             urgent: false,
+            prompt: false,
         }
     }
 }

@@ -36,9 +36,10 @@ use ipnix_store::block::DAG_CBOR;
 use ipnix_store::{BlockRead, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 pub use crate::pathinfo::PATH_INDEX;
 /// Prefix of the pin names `ipnix nix import` gives path-infos.
@@ -57,6 +58,9 @@ pub const MISS_TTL: Duration = Duration::from_secs(10);
 const LEARNED_CAPACITY: usize = 4096;
 /// Store-path DAGs fetched from peers at once.
 const BACKGROUND_FETCHES: usize = 4;
+/// Store-path DAGs fetched at once for NARs Nix is waiting for, besides
+/// the background ones.
+const PROMPT_FETCHES: usize = 4;
 /// Path fetches started or queued at once; past this a narinfo answered
 /// from peers no longer starts one ahead of the NAR request.
 const MAX_PENDING_FETCHES: usize = 64;
@@ -149,13 +153,35 @@ pub struct NixCacheState {
     peer_timeout: Duration,
     learned: Arc<Mutex<Learned>>,
     background_fetches: Arc<Semaphore>,
+    prompt_fetches: Arc<Semaphore>,
     /// Path fetches started and not yet finished, by path-info CID: a NAR
     /// request joins the fetch its narinfo request started.
-    fetches: Arc<Mutex<HashMap<Cid, FetchDone>>>,
+    fetches: Arc<Mutex<HashMap<Cid, PathFetch>>>,
 }
 
 /// `None` while a path fetch runs, then its outcome.
 type FetchDone = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
+
+/// A path fetch in the registry: its outcome, and how to tell it that Nix
+/// now waits for it.
+#[derive(Clone)]
+struct PathFetch {
+    done: FetchDone,
+    prompt: Arc<AtomicBool>,
+    /// Lets a fetch still queued for a permit start at once.
+    start_now: Arc<Notify>,
+}
+
+impl PathFetch {
+    /// Nix asked for this NAR: the rest of the fetch goes ahead of fetches
+    /// started for narinfos only (Nix asks every narinfo of a closure
+    /// first, then the NARs one by one, in its own order).
+    fn make_prompt(&self) {
+        if !self.prompt.swap(true, Ordering::Relaxed) {
+            self.start_now.notify_one();
+        }
+    }
+}
 
 impl std::fmt::Debug for NixCacheState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,6 +213,7 @@ impl NixCacheState {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             learned: Arc::default(),
             background_fetches: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
+            prompt_fetches: Arc::new(Semaphore::new(PROMPT_FETCHES)),
             fetches: Arc::default(),
         }
     }
@@ -272,26 +299,45 @@ impl NixCacheState {
     fn start_fetch(&self, cid: Cid, info: &PathInfo, ahead: bool) -> Option<FetchDone> {
         let node = self.node.clone()?;
         let mut fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(done) = fetches.get(&cid) {
-            return Some(done.clone());
+        if let Some(fetch) = fetches.get(&cid) {
+            if !ahead {
+                fetch.make_prompt();
+            }
+            return Some(fetch.done.clone());
         }
         if ahead && fetches.len() >= MAX_PENDING_FETCHES {
             return None;
         }
         let (tx, done) = tokio::sync::watch::channel(None);
-        fetches.insert(cid, done.clone());
+        let fetch = PathFetch {
+            done: done.clone(),
+            prompt: Arc::new(AtomicBool::new(!ahead)),
+            start_now: Arc::new(Notify::new()),
+        };
+        fetches.insert(cid, fetch.clone());
         drop(fetches);
         let opts = FetchOptions {
             block_timeout: self.fetch_timeout,
             skip: info.references.iter().map(|r| r.info).collect(),
+            prompt: Some(fetch.prompt.clone()),
             ..FetchOptions::default()
         };
         let store = self.store.clone();
         let store_path = info.store_path.clone();
         let permits = self.background_fetches.clone();
+        let prompt_permits = self.prompt_fetches.clone();
         let registry = self.fetches.clone();
         tokio::spawn(async move {
-            let outcome = match permits.acquire_owned().await {
+            // A fetch Nix waits for does not queue behind ones run ahead.
+            let permit = if fetch.prompt.load(Ordering::Relaxed) {
+                prompt_permits.acquire_owned().await
+            } else {
+                tokio::select! {
+                    permit = permits.acquire_owned() => permit,
+                    () = fetch.start_now.notified() => prompt_permits.acquire_owned().await,
+                }
+            };
+            let outcome = match permit {
                 Ok(_permit) => match fetch_dag(&node, store, cid, opts).await {
                     Ok(summary) => {
                         tracing::info!(
@@ -587,10 +633,15 @@ async fn render_nar(blocks: NetworkBlocks, cid: Cid, store_path: String, tx: mps
             held: None,
             tx: tx.clone(),
         };
+        let started = Instant::now();
         let outcome = match export_nar(&blocks, &cid, &mut writer) {
             Ok(_) => writer.release().map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        tracing::debug!(
+            "nix cache: NAR of {store_path} rendered in {:?}",
+            started.elapsed()
+        );
         if let Err(e) = outcome {
             tracing::warn!("nix cache: NAR of {store_path} ({cid}) cut short: {e}");
             let _ = tx.blocking_send(Err(std::io::Error::other(e)));

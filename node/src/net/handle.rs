@@ -58,6 +58,8 @@ pub(crate) enum Command {
         deadline: Instant,
         /// After a grace period, look the CID up in the DHT and connect to its providers.
         discover: bool,
+        /// Part of a DAG someone waits for now (see `bitswap::WantOptions`).
+        prompt: bool,
         reply: Reply<Bytes>,
     },
     AskPathInfo {
@@ -247,13 +249,20 @@ impl NodeHandle {
     /// One verified block over Bitswap from connected peers; when none has it
     /// after a short while, the DHT is asked for providers of `cid`.
     pub async fn get_block(&self, cid: Cid, timeout: Duration) -> Result<Bytes, NetError> {
-        self.request_block(cid, timeout, true).await
+        self.request_block(cid, timeout, true, false).await
     }
 
     /// One verified block over Bitswap from connected peers only (no DHT
     /// lookup): for the inner blocks of a DAG whose root came from a peer.
-    pub async fn want_block(&self, cid: Cid, timeout: Duration) -> Result<Bytes, NetError> {
-        self.request_block(cid, timeout, false).await
+    /// `prompt`: someone waits for this DAG now, so peers serve it before
+    /// walks that run ahead.
+    pub async fn want_block(
+        &self,
+        cid: Cid,
+        timeout: Duration,
+        prompt: bool,
+    ) -> Result<Bytes, NetError> {
+        self.request_block(cid, timeout, false, prompt).await
     }
 
     async fn request_block(
@@ -261,12 +270,14 @@ impl NodeHandle {
         cid: Cid,
         timeout: Duration,
         discover: bool,
+        prompt: bool,
     ) -> Result<Bytes, NetError> {
         let deadline = Instant::now() + timeout;
         self.ask(|reply| Command::GetBlock {
             cid,
             deadline,
             discover,
+            prompt,
             reply,
         })
         .await?
@@ -283,6 +294,7 @@ impl NodeHandle {
                 cid,
                 deadline,
                 discover: true,
+                prompt: false,
                 reply,
             })
             .map_err(|_| NetError::Shutdown)?;

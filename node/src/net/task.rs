@@ -18,6 +18,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU8;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -314,8 +315,9 @@ impl SwarmTask {
                 cid,
                 deadline,
                 discover,
+                prompt,
                 reply,
-            } => self.want_block(cid, deadline, discover, reply),
+            } => self.want_block(cid, deadline, discover, prompt, reply),
             Command::AskPathInfo {
                 hash_part,
                 peers,
@@ -401,7 +403,14 @@ impl SwarmTask {
 
     // ------------------------------------------------------------ blocks
 
-    fn want_block(&mut self, cid: Cid, deadline: Instant, discover: bool, reply: Reply<Bytes>) {
+    fn want_block(
+        &mut self,
+        cid: Cid,
+        deadline: Instant,
+        discover: bool,
+        prompt: bool,
+        reply: Reply<Bytes>,
+    ) {
         if cid.hash().code() == ipnix_store::block::IDENTITY {
             // The data is the CID itself; nobody needs to be asked.
             let _ = reply.send(Ok(Bytes::copy_from_slice(cid.hash().digest())));
@@ -439,11 +448,13 @@ impl SwarmTask {
                     want.discover_at = discover_at;
                 }
                 // Fresh interest: peers that declined before are asked again.
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .bitswap
-                    .want(cid, bitswap::WantOptions::default());
+                let _ = self.swarm.behaviour_mut().bitswap.want(
+                    cid,
+                    bitswap::WantOptions {
+                        prompt,
+                        ..bitswap::WantOptions::default()
+                    },
+                );
             }
             None => {
                 // `discover` marks single-block reads (roots, path-infos,
@@ -452,6 +463,7 @@ impl SwarmTask {
                     cid,
                     bitswap::WantOptions {
                         urgent: discover,
+                        prompt,
                         ..bitswap::WantOptions::default()
                     },
                 );
@@ -984,9 +996,15 @@ impl SwarmTask {
                 }
             }
             if !self.swarm.is_connected(&peer) {
+                // One address at a time, TCP first: QUIC's shorter handshake
+                // would win a concurrent dial, but TCP moves blocks with less
+                // CPU (DESIGN.md, measured decisions); QUIC stays the fallback.
+                let mut addrs = addrs;
+                addrs.sort_by_key(is_quic);
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
                     .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .override_dial_concurrency_factor(NonZeroU8::MIN)
                     .build();
                 if let Err(e) = self.swarm.dial(opts) {
                     tracing::debug!("dialling mDNS peer {peer}: {e}");
@@ -1284,6 +1302,11 @@ fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter()
         .filter(|p| !matches!(p, Protocol::P2p(_)))
         .collect()
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
 }
 
 /// Addresses worth dialling: not unspecified, no relay circuits.
