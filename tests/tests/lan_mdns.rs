@@ -46,6 +46,14 @@ fn daemons_find_each_other_by_mdns_and_share_a_file() {
             other.host.name,
             other.host.addr
         );
+        // mDNS dials TCP first (DESIGN.md, measured decisions: it moves
+        // blocks with less CPU than QUIC), and both ends do.
+        assert!(
+            addrs.iter().all(|addr| addr.contains("/tcp/")),
+            "{} connected to {} at {addrs:?}: expected TCP only",
+            me.host.name,
+            other.host.name
+        );
     }
     // identify runs right after the connection; give it a moment.
     for (me, other) in [(&a, &b), (&b, &a)] {
