@@ -76,8 +76,8 @@ fn large_blobs_pin_gc_export_and_car() {
 #[test]
 fn a_damaged_block_fails_the_nar_hash_check_of_an_unverified_render() {
     use ipnix_bridge::export::{export_dir, ExportError};
+    use ipnix_store::test_util::{flip_byte, packs};
     use ipnix_store::{BlockRead, Bytes, Cid, StoreError};
-    use std::os::unix::fs::FileExt;
 
     /// Only `read_block`: every read goes through the verifying path.
     struct Verifying<'a>(&'a Store);
@@ -101,20 +101,8 @@ fn a_damaged_block_fails_the_nar_hash_check_of_an_unverified_render() {
 
     // The first pack record is the first 1 MiB chunk of big.bin (trees and
     // tiny blobs are inline): flip a byte well inside its data.
-    let pack = std::fs::read_dir(repo.join("packs"))
-        .expect("packs")
-        .map(|e| e.expect("entry").path())
-        .min()
-        .expect("a pack");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pack)
-        .expect("open pack");
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, 100_000).expect("read");
-    byte[0] ^= 0x01;
-    file.write_all_at(&byte, 100_000).expect("write");
+    let first = packs(&repo).expect("packs").remove(0);
+    flip_byte(&first, 100_000).expect("damage the pack");
 
     let store = Store::open(&repo).expect("reopen");
     let mut out = Vec::new();

@@ -88,7 +88,7 @@ async fn quic_connect_identify_and_bitswap_block() {
 /// a's disk reaches b, which refuses it and stores nothing under its CID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_damaged_on_the_servers_disk_is_refused_by_the_receiver() {
-    use std::os::unix::fs::FileExt;
+    use ipnix_store::test_util::{flip_byte, packs};
     let a = TestNode::start(|_| {}).await;
     let b = TestNode::start(|_| {}).await;
     b.handle()
@@ -98,20 +98,8 @@ async fn a_block_damaged_on_the_servers_disk_is_refused_by_the_receiver() {
     let data = random_bytes(300_000);
     let cid = cid_for(RAW, &data);
     a.store.put(&cid, &data).expect("put");
-    let pack = std::fs::read_dir(a.dir.path().join("packs"))
-        .expect("packs")
-        .map(|e| e.expect("entry").path())
-        .next()
-        .expect("the block's pack");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pack)
-        .expect("open pack");
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, 200_000).expect("read");
-    byte[0] ^= 0x01;
-    file.write_all_at(&byte, 200_000).expect("write");
+    let pack = packs(a.dir.path()).expect("packs").remove(0);
+    flip_byte(&pack, 200_000).expect("damage the pack");
 
     assert!(b
         .handle()

@@ -10,6 +10,8 @@ pub mod links;
 mod pack;
 mod pins;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod unixfs;
 
 pub use blocks::{BlockRead, BlockWrite, MemoryBlocks, NullBlocks};

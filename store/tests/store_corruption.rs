@@ -7,10 +7,10 @@
 use anyhow::Result;
 use ipld_core::ipld::Ipld;
 use ipnix_store::block::{cid_for, DAG_CBOR, RAW};
+use ipnix_store::test_util::{flip_byte, packs};
 use ipnix_store::{Cid, PinMode, Store, StoreError};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 fn raw(seed: u8, len: usize) -> (Cid, Vec<u8>) {
@@ -18,24 +18,6 @@ fn raw(seed: u8, len: usize) -> (Cid, Vec<u8>) {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect();
     (cid_for(RAW, &data), data)
-}
-
-/// Pack files of the repo, in id order.
-fn packs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<_> = std::fs::read_dir(dir.join("packs"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    out.sort();
-    Ok(out)
-}
-
-fn flip_byte(path: &Path, offset: u64) -> Result<()> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset)?;
-    byte[0] ^= 0x40;
-    file.write_all_at(&byte, offset)?;
-    Ok(())
 }
 
 fn expect_corrupt(store: &Store, cid: &Cid, needle: &str) {
