@@ -6,26 +6,15 @@
 use ipnix_bridge::export::export_nar;
 use ipnix_bridge::import::{import_nar, PathMeta};
 use ipnix_bridge::nar::NarWriter;
+use ipnix_store::test_util::pseudo_random;
 use ipnix_store::{car, PinMode, Store};
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn nar_with_large_files() -> Vec<u8> {
     let mut w = NarWriter::new(Vec::new()).expect("writer");
     w.start_directory().expect("dir");
     for (name, data, exec) in [
-        (&b"big.bin"[..], pattern(3_300_000, 1), false),
-        (&b"run"[..], pattern(1_200_000, 2), true),
+        (&b"big.bin"[..], pseudo_random(1, 3_300_000), false),
+        (&b"run"[..], pseudo_random(2, 1_200_000), true),
         (&b"small"[..], b"tiny\n".to_vec(), false),
     ] {
         w.entry(name).expect("entry");

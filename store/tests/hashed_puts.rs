@@ -6,21 +6,10 @@
 
 use anyhow::Result;
 use ipnix_store::block::{cid_for, BlockError, DAG_PB, MAX_BLOCK_SIZE, RAW};
+use ipnix_store::test_util::pseudo_random;
 use ipnix_store::unixfs::{add_file, cat, Params, Profile};
 use ipnix_store::{Cid, PinMode, Store, StoreError, StoreOptions};
 use std::io::Read;
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// A dag-pb node (no UnixFS data) linking to `children`.
 fn pb_node(children: &[Cid]) -> (Cid, Vec<u8>) {
@@ -41,8 +30,8 @@ fn pb_node(children: &[Cid]) -> (Cid, Vec<u8>) {
 fn hashed_puts_store_blocks_and_keep_the_cheap_refusals() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let store = Store::open(tmp.path())?;
-    let small = bytes(1, 100);
-    let big = bytes(2, 300_000);
+    let small = pseudo_random(1, 100);
+    let big = pseudo_random(2, 300_000);
     let (small_cid, big_cid) = (cid_for(RAW, &small), cid_for(RAW, &big));
     let mut session = store.session();
     assert!(session.put_hashed(small_cid, &small)?);
@@ -68,7 +57,7 @@ fn hashed_puts_store_blocks_and_keep_the_cheap_refusals() -> Result<()> {
 fn a_pin_after_hashed_puts_still_needs_every_block() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let store = Store::open(tmp.path())?;
-    let leaf = bytes(3, 50_000);
+    let leaf = pseudo_random(3, 50_000);
     let leaf_cid = cid_for(RAW, &leaf);
     let (inner_cid, inner) = pb_node(&[leaf_cid]);
     let (root_cid, root) = pb_node(&[inner_cid]);
@@ -119,7 +108,7 @@ fn files_spanning_several_packs_import_pin_and_read_back() -> Result<()> {
         max_links: 8,
         ..Profile::V0_2015.params()
     };
-    let data = bytes(4, (16 << 10) * 70 + 5);
+    let data = pseudo_random(4, (16 << 10) * 70 + 5);
     let cid = {
         let store = Store::open_with(tmp.path(), &options)?;
         let mut session = store.session();

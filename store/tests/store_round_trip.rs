@@ -5,25 +5,14 @@
 use anyhow::Result;
 use ipld_core::ipld::Ipld;
 use ipnix_store::block::{cid_for, BlockError, DAG_CBOR, DAG_PB, IDENTITY, MAX_BLOCK_SIZE, RAW};
+use ipnix_store::test_util::pseudo_random;
 use ipnix_store::{Cid, PinMode, Store, StoreError, StoreOptions, INLINE_LIMIT};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn raw(seed: u64, len: usize) -> (Cid, Vec<u8>) {
-    let data = bytes(seed, len);
+    let data = pseudo_random(seed, len);
     (cid_for(RAW, &data), data)
 }
 
@@ -112,7 +101,7 @@ fn oversized_and_mismatched_blocks_are_refused() -> Result<()> {
         "{err}"
     );
     let (cid, _) = raw(2, 100);
-    let other = bytes(3, 100);
+    let other = pseudo_random(3, 100);
     let err = store.put(&cid, &other).expect_err("wrong bytes");
     assert!(
         matches!(err, StoreError::Block(BlockError::HashMismatch { .. })),
@@ -121,7 +110,7 @@ fn oversized_and_mismatched_blocks_are_refused() -> Result<()> {
     assert!(err.to_string().contains("do not match"), "{err}");
     let (packed_cid, _) = raw(4, 50_000);
     let err = store
-        .put(&packed_cid, &bytes(5, 50_000))
+        .put(&packed_cid, &pseudo_random(5, 50_000))
         .expect_err("wrong packed bytes");
     assert!(matches!(
         err,
@@ -139,7 +128,7 @@ fn cid_versions_and_identity_cids() -> Result<()> {
     let store = Store::open(dir.path())?;
     let node = ipld_dagpb::PbNode {
         links: vec![],
-        data: Some(bytes(7, 40).into()),
+        data: Some(pseudo_random(7, 40).into()),
     }
     .into_bytes();
     let v1 = cid_for(DAG_PB, &node);

@@ -5,6 +5,7 @@
 //! back identical through get_to_path; known CIDs that Kubo 0.22 and Helia 7
 //! produced for the same bytes (the live comparison is tests/tests/unixfs_interop.rs).
 
+use ipnix_store::test_util::pseudo_random;
 use ipnix_store::unixfs::{
     add_file, add_path, cat, get_to_path, ls, stat, NodeKind, Params, Profile, UnixfsError,
     HAMT_SHARDING_THRESHOLD,
@@ -14,18 +15,6 @@ use proptest::prelude::*;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn cat_all(blocks: &MemoryBlocks, cid: &Cid) -> Vec<u8> {
     let mut out = Vec::new();
@@ -89,7 +78,7 @@ fn sizes_around_every_boundary_round_trip() {
                     sizes.extend([n - 1, n, n + 1]);
                 }
                 for size in sizes {
-                    let data = bytes(size as u64, size);
+                    let data = pseudo_random(size as u64, size);
                     let mut blocks = MemoryBlocks::new();
                     let added = add_file(&mut blocks, &data[..], &params).expect("adds");
                     assert_eq!(added.size, size as u64);
@@ -125,7 +114,7 @@ fn tree_shape_is_balanced() {
 fn missing_block_names_the_cid() {
     let params = small(1, true, 4, 2);
     let mut full = MemoryBlocks::new();
-    let data = bytes(3, 40);
+    let data = pseudo_random(3, 40);
     let added = add_file(&mut full, &data[..], &params).expect("adds");
     let leaf = ipnix_store::block::cid_for(ipnix_store::block::RAW, &data[36..]);
     let holey = Without {
@@ -157,7 +146,7 @@ impl BlockRead for Without<'_> {
 #[test]
 fn seeking_reads_from_anywhere() {
     let params = small(0, false, 10, 3);
-    let data = bytes(9, 1000);
+    let data = pseudo_random(9, 1000);
     let mut blocks = MemoryBlocks::new();
     let added = add_file(&mut blocks, &data[..], &params).expect("adds");
     let mut reader = cat(&blocks, &added.cid).expect("opens");
@@ -270,7 +259,7 @@ fn errors_in_the_middle_of_a_long_file_end_the_import() {
     for accept in [0, 1, 3, 10] {
         let err = add_file(
             &mut FailingWriter { accept },
-            &bytes(9, 64 * 50)[..],
+            &pseudo_random(9, 64 * 50)[..],
             &params,
         )
         .expect_err("a write error is an error");
@@ -344,7 +333,7 @@ fn sample_tree(root: &Path) {
     fs::write(root.join("a.txt"), b"hello\n").expect("write");
     fs::write(root.join(".hidden"), b"dot\n").expect("write");
     fs::write(root.join("sub/empty"), b"").expect("write");
-    fs::write(root.join("sub/deeper/big"), bytes(5, 5000)).expect("write");
+    fs::write(root.join("sub/deeper/big"), pseudo_random(5, 5000)).expect("write");
     std::os::unix::fs::symlink("../a.txt", root.join("sub/link")).expect("symlink");
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).expect("symlink");
 }

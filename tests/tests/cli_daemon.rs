@@ -45,15 +45,7 @@ fn cat_get_and_pin_fetch_from_a_connected_peer() {
     let a = Ipnix::new();
     let b = Ipnix::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..5_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = ipnix_store::test_util::pseudo_random(1, 5_000_000);
     let file = dir.path().join("five-mb");
     std::fs::write(&file, &data).expect("write");
     let _da = Daemon::start(&a, &[]);

@@ -1,20 +1,9 @@
 //! The `ipnix` CLI on its own repo, offline: init, add/cat/get, block, pin,
 //! gc, repo stat, dag export/import, --json, and clean errors on bad input.
 
+use ipnix_store::test_util::pseudo_random;
 use ipnix_tests::cli::Ipnix;
 use std::path::Path;
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn write(path: &Path, data: &[u8]) {
     if let Some(parent) = path.parent() {
@@ -39,7 +28,7 @@ fn init_twice_is_refused_and_id_works_offline() {
 fn add_cat_get_file_round_trip_with_both_profiles() {
     let ipnix = Ipnix::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = pattern(3 * 1024 * 1024 + 17, 7);
+    let data = pseudo_random(7, 3 * 1024 * 1024 + 17);
     let file = dir.path().join("data.bin");
     write(&file, &data);
     for profile in ["unixfs-v1-2025", "unixfs-v0-2015"] {
@@ -79,7 +68,7 @@ fn add_directory_needs_r_and_get_restores_the_tree() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = dir.path().join("tree");
     write(&tree.join("a.txt"), b"alpha\n");
-    write(&tree.join("sub/b.bin"), &pattern(300_000, 3));
+    write(&tree.join("sub/b.bin"), &pseudo_random(3, 300_000));
     write(&tree.join("sub/deeper/empty"), b"");
     let err = ipnix.fails(&["add", tree.to_str().expect("utf-8")]);
     assert!(err.contains("-r"), "{err}");
@@ -89,7 +78,7 @@ fn add_directory_needs_r_and_get_restores_the_tree() {
     assert_eq!(std::fs::read(out.join("a.txt")).expect("a"), b"alpha\n");
     assert_eq!(
         std::fs::read(out.join("sub/b.bin")).expect("b"),
-        pattern(300_000, 3)
+        pseudo_random(3, 300_000)
     );
     assert_eq!(
         std::fs::read(out.join("sub/deeper/empty")).expect("empty"),
@@ -121,8 +110,8 @@ fn pinned_blocks_survive_gc_and_unpinned_ones_do_not() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kept = dir.path().join("kept");
     let dropped = dir.path().join("dropped");
-    write(&kept, &pattern(2_500_000, 1));
-    write(&dropped, &pattern(2_500_000, 2));
+    write(&kept, &pseudo_random(1, 2_500_000));
+    write(&dropped, &pseudo_random(2, 2_500_000));
     let kept_cid = ipnix
         .ok(&["add", "-Q", kept.to_str().expect("utf-8")])
         .trim()
@@ -138,7 +127,10 @@ fn pinned_blocks_survive_gc_and_unpinned_ones_do_not() {
     );
     let gc: serde_json::Value = serde_json::from_str(&ipnix.ok(&["gc", "--json"])).expect("json");
     assert!(gc["blocks_removed"].as_u64().expect("count") >= 3, "{gc}");
-    assert_eq!(ipnix.ok_bytes(&["cat", &kept_cid]), pattern(2_500_000, 1));
+    assert_eq!(
+        ipnix.ok_bytes(&["cat", &kept_cid]),
+        pseudo_random(1, 2_500_000)
+    );
     ipnix.fails(&["cat", &dropped_cid]);
     // Unpinned, the rest goes too.
     ipnix.ok(&["pin", "rm", &kept_cid]);
@@ -167,7 +159,7 @@ fn dag_export_import_round_trip_into_another_repo() {
     let b = Ipnix::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = dir.path().join("tree");
-    write(&tree.join("x"), &pattern(1_500_000, 9));
+    write(&tree.join("x"), &pseudo_random(9, 1_500_000));
     write(&tree.join("y/z"), b"zed");
     let cid = a
         .ok(&["add", "-r", "-Q", tree.to_str().expect("utf-8")])
@@ -192,7 +184,7 @@ fn corrupted_car_is_refused_whole_and_pins_nothing() {
     let b = Ipnix::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("f");
-    write(&file, &pattern(3_000_000, 5));
+    write(&file, &pseudo_random(5, 3_000_000));
     let cid = a
         .ok(&["add", "-Q", file.to_str().expect("utf-8")])
         .trim()

@@ -213,18 +213,7 @@ impl Node {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG state.
-pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
+pub use ipnix_store::test_util::pseudo_random;
 
 /// A config with short timeouts so tests that wait on them finish quickly.
 pub fn quick_config() -> bitswap::Config {
