@@ -154,6 +154,8 @@ def nix_env(work):
     env = dict(os.environ)
     env["TMPDIR"] = str(work / "tmp")
     env["XDG_CACHE_HOME"] = str(work / "xdg")
+    # No substituter unless a command names one (`--option` wins over this).
+    env["NIX_CONFIG"] = "substituters =\ntrusted-substituters ="
     env.pop("NIX_REMOTE", None)
     return env
 

@@ -134,7 +134,10 @@ impl NixLab {
     /// A Nix command in this lab's environment.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env("TMPDIR", self.path("tmp"))
+        // No substituter unless a command names one with `--option`, which
+        // wins over NIX_CONFIG: whatever nix.conf says, never a public cache.
+        cmd.env("NIX_CONFIG", "substituters =\ntrusted-substituters =")
+            .env("TMPDIR", self.path("tmp"))
             .env("XDG_CACHE_HOME", self.path("xdg-cache"))
             .env_remove("NIX_REMOTE")
             .stdin(Stdio::null());
