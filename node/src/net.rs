@@ -7,7 +7,7 @@
 mod behaviour;
 mod handle;
 mod task;
-mod transport;
+pub(crate) mod transport;
 
 pub use handle::{NodeHandle, NodeStats, PeerInfo};
 pub use libp2p::identity::Keypair;

@@ -266,10 +266,7 @@ impl Packs {
     fn seal_in_background(&self, writer: &mut Writer, sealed: Active) -> Option<Sealing> {
         let id = sealed.id;
         let path = self.path(id);
-        let spawned = std::thread::Builder::new()
-            .name(format!("ipnix-pack-sync-{id}"))
-            .spawn(move || sync_file(sealed.out, &path));
-        match spawned {
+        match spawn_sync(id, move || sync_file(sealed.out, &path)) {
             Ok(done) => Some(Sealing { id, done }),
             Err(e) => {
                 writer
@@ -314,10 +311,8 @@ impl Packs {
             return;
         };
         active.sync_started_len = active.len;
-        let spawned = std::thread::Builder::new()
-            .name(format!("ipnix-pack-sync-{id}"))
-            .spawn(move || file.sync_data().map_err(|e| io_err(&path, e)));
-        if let Ok(done) = spawned {
+        // Not started: the next commit syncs the active pack itself.
+        if let Ok(done) = spawn_sync(id, move || file.sync_data().map_err(|e| io_err(&path, e))) {
             writer.sealing = Some(Sealing { id, done });
         }
     }
@@ -533,6 +528,16 @@ impl Packs {
         }
         Ok(ScanEnd::Clean)
     }
+}
+
+/// Runs one pack sync on its own thread.
+fn spawn_sync(
+    id: u32,
+    sync: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+) -> io::Result<JoinHandle<Result<(), StoreError>>> {
+    std::thread::Builder::new()
+        .name(format!("ipnix-pack-sync-{id}"))
+        .spawn(sync)
 }
 
 fn sync_file(mut out: BufWriter<File>, path: &Path) -> Result<(), StoreError> {

@@ -11,12 +11,12 @@ use super::server::{Reply, Server, ServerLimits};
 use super::source::BlockSource;
 use super::stats::{Stats, StatsHandle, StatsSnapshot};
 use super::{Config, Event, Penalty, WantError, WantId, WantOptions};
+use crate::net::transport::is_quic;
 use cid::Cid;
 use futures::FutureExt;
 use futures_timer::Delay;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -398,11 +398,7 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(established) => {
-                let quic = established
-                    .endpoint
-                    .get_remote_address()
-                    .iter()
-                    .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic));
+                let quic = is_quic(established.endpoint.get_remote_address());
                 self.connection_established(established.peer_id, established.connection_id, quic);
             }
             FromSwarm::ConnectionClosed(ConnectionClosed {

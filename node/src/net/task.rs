@@ -4,7 +4,8 @@
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::handle::{Command, NodeStats, PeerInfo, Reply};
-use super::{transport, NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL};
+use super::transport::{self, is_quic};
+use super::{NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL};
 use crate::{bitswap, pathinfo};
 use bytes::Bytes;
 use cid::Cid;
@@ -152,7 +153,7 @@ impl SwarmTask {
             .listen
             .into_iter()
             .filter(|addr| {
-                let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
+                let quic = is_quic(addr);
                 if quic && !transports.quic {
                     tracing::info!("not listening on {addr}: QUIC is off in a private network");
                 }
@@ -1302,11 +1303,6 @@ fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter()
         .filter(|p| !matches!(p, Protocol::P2p(_)))
         .collect()
-}
-
-fn is_quic(addr: &Multiaddr) -> bool {
-    addr.iter()
-        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
 }
 
 /// Addresses worth dialling: not unspecified, no relay circuits.

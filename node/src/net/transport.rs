@@ -9,8 +9,9 @@ use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent};
 use libp2p::core::transport::{Boxed, OrTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::{noise, quic, tcp, yamux, PeerId, Transport};
+use libp2p::{noise, quic, tcp, yamux, Multiaddr, PeerId, Transport};
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -27,6 +28,12 @@ const MAX_YAMUX_STREAMS: usize = 4096;
 /// large enough for several 2 MiB blocks in flight on a loopback or LAN path.
 const QUIC_MAX_STREAM_DATA: u32 = 16 * 1024 * 1024;
 const QUIC_MAX_CONNECTION_DATA: u32 = 32 * 1024 * 1024;
+
+/// Whether `addr` is a QUIC address (the rest of the node's transports are TCP).
+pub(crate) fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+}
 
 /// Which transports a node ends up with (QUIC is dropped in a private network).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
