@@ -2,6 +2,7 @@
 //! path-info object, narinfo files and their ed25519 signatures, talking to
 //! the local Nix, and reading existing binary caches. No libp2p here.
 
+pub mod ca;
 pub mod cache_client;
 pub mod export;
 pub mod git;
@@ -10,8 +11,10 @@ pub mod import;
 pub mod nar;
 pub mod narinfo;
 pub mod nixstore;
+pub mod path_index;
 pub mod pathinfo;
 
+pub use ca::{ContentAddress, FileIngestion};
 pub use export::{export_dir, export_nar, load_pathinfo, ExportError};
 pub use hash::{HashAlgo, NixHash, StorePath};
 pub use import::{import_nar, ImportError, Imported, PathMeta};

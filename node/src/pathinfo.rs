@@ -24,10 +24,9 @@ use std::time::Duration;
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipnix/pathinfo/1.0.0");
-/// Store index namespace: store-path hash part (32 nix32 characters, as
-/// bytes) -> path-info CID (bytes). Written by `ipnix nix import` in the same
-/// transaction as the path's pin; answers this protocol.
-pub const PATH_INDEX: &str = "nix-path";
+/// Store index namespace of store paths (owned by
+/// [`ipnix_bridge::path_index`]); answers this protocol.
+pub use ipnix_bridge::path_index::NAMESPACE as PATH_INDEX;
 /// A hash part is 32 characters; anything longer is not a request.
 const MAX_REQUEST_BYTES: usize = 32;
 /// The longest CID the store accepts.
