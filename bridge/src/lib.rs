@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod cache_client;
+pub mod dump;
 pub mod export;
 pub mod git;
 pub mod hash;

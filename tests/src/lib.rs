@@ -2,6 +2,8 @@
 //! binary, starting real Kubo and Helia peers, skipping with a printed reason.
 
 pub mod cli;
+pub mod corpus;
 pub mod netns;
 pub mod nix;
 pub mod peers;
+pub mod upstream;
