@@ -1,15 +1,18 @@
-//! The daemon: opens the store, starts the libp2p node, serves the HTTP
-//! surfaces (control API, trustless gateway, Nix binary cache, /metrics) on
-//! one address, advertises that address in the repo's `api` file, and shuts
-//! everything down in order on SIGINT/SIGTERM.
+//! The daemon: starts the libp2p node on an open store, serves the HTTP
+//! surfaces (trustless gateway, Nix binary cache, /metrics on `--http`; the
+//! control API on the same listener when that is loopback, else on a
+//! loopback listener of its own), writes the control API's token and then
+//! its address to the repo (`api.token`, `api`), and shuts everything down
+//! in order on SIGINT/SIGTERM, removing both files.
 
-use crate::http::api::CommandRunner;
+use crate::http::api::{Access, CommandRunner};
 use crate::net::{NetConfig, NetError, Node, NodeHandle};
 use crate::repo::Repo;
 use ipnix_store::Store;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -24,16 +27,24 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
+    #[error("--api {0}: the control API listens only on loopback (127.0.0.0/8 or [::1]); the LAN gets --http (gateway, binary cache, metrics)")]
+    ApiNotLoopback(SocketAddr),
 }
 
 /// How the daemon runs.
 pub struct DaemonConfig {
     pub repo: Repo,
     pub net: NetConfig,
-    /// HTTP address (API, gateway, binary cache, metrics).
+    /// HTTP address (gateway, binary cache, metrics; the control API too when
+    /// it is loopback and `api` is unset).
     pub http: SocketAddr,
+    /// The control API's own (loopback) address. Unset: shared with `http`
+    /// when that is loopback, else 127.0.0.1 on a free port.
+    pub api: Option<SocketAddr>,
     /// Extra signing for narinfos the binary cache serves.
     pub sign_key: Option<ipnix_bridge::narinfo::SecretKey>,
+    /// Upstream keys whose signature earns a path `sign_key`'s (I-26).
+    pub trusted_keys: Vec<ipnix_bridge::narinfo::PublicKey>,
     /// How long the binary cache waits for peers to answer a narinfo it lacks.
     pub peer_timeout: std::time::Duration,
     /// How long one block may take from peers before a read fails.
@@ -45,11 +56,16 @@ pub struct DaemonConfig {
 pub struct Ready {
     pub peer_id: libp2p::PeerId,
     pub listen: Vec<libp2p::Multiaddr>,
+    /// Gateway, binary cache and metrics.
     pub http: SocketAddr,
+    /// The control API: equal to `http` when they share a listener.
+    pub api: SocketAddr,
 }
 
 /// Runs until `shutdown` completes. `make_runner` builds the command runner of
 /// the control API once the node exists; `on_ready` is told the addresses.
+/// The caller holds the repo's daemon lock ([`Repo::try_lock_daemon`]) for
+/// the whole run.
 pub async fn run(
     config: DaemonConfig,
     store: Arc<Store>,
@@ -57,65 +73,160 @@ pub async fn run(
     on_ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .map_err(|source| DaemonError::Http {
-            addr: config.http,
-            source,
-        })?;
-    let http = listener.local_addr().map_err(|source| DaemonError::Http {
-        addr: config.http,
-        source,
-    })?;
+    if let Some(api) = config.api {
+        if !api.ip().is_loopback() {
+            return Err(DaemonError::ApiNotLoopback(api));
+        }
+    }
+    // Left by a daemon that was killed: nobody serves them any more (the
+    // caller holds the daemon lock), and a CLI must not trust them.
+    config.repo.remove_api();
+    config.repo.remove_api_token();
+    let public_listener = bind(config.http).await?;
+    let http = local_addr(&public_listener, config.http)?;
+    let shares_listener = match config.api {
+        None => http.ip().is_loopback(),
+        Some(api) => api == config.http && api.port() != 0,
+    };
+    let control_listener = if shares_listener {
+        None
+    } else {
+        let addr = config
+            .api
+            .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        Some(bind(addr).await?)
+    };
+    let api = match &control_listener {
+        Some(listener) => local_addr(listener, http)?,
+        None => http,
+    };
     let node = Node::start(config.net, store.clone()).await?;
     let handle = node.handle();
     let runner = make_runner(handle.clone());
-    let app = crate::http::router(crate::http::HttpState {
-        store: store.clone(),
-        node: Some(handle.clone()),
-        runner,
-        sign_key: config.sign_key.map(Arc::new),
-        peer_timeout: config.peer_timeout,
-        fetch_timeout: config.fetch_timeout,
-    });
+    let token = Access::generate_token();
+    let routers = crate::http::routers(
+        crate::http::HttpState {
+            store: store.clone(),
+            node: Some(handle.clone()),
+            runner,
+            sign_key: config.sign_key.map(Arc::new),
+            trusted_keys: config.trusted_keys,
+            peer_timeout: config.peer_timeout,
+            fetch_timeout: config.fetch_timeout,
+        },
+        Access::new(&token, api.port()),
+    );
     let ready = Ready {
         peer_id: handle.peer_id(),
         listen: handle.listen_addrs().await?,
         http,
+        api,
     };
-    config.repo.write_api(&format!("http://{http}"))?;
+    // Removes both files however this function returns, from here on.
+    let published = Published {
+        repo: config.repo.clone(),
+    };
+    // The token first: a CLI that finds the address must find the token too.
+    config.repo.write_api_token(&token)?;
+    config.repo.write_api(&format!("http://{api}"))?;
     on_ready(&ready);
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let served = match control_listener {
+        None => {
+            serve(
+                public_listener,
+                routers.public.merge(routers.control),
+                &stop,
+            )
+            .await
+        }
+        Some(control_listener) => {
+            let (public, control) = tokio::join!(
+                serve(public_listener, routers.public, &stop),
+                serve(control_listener, routers.control, &stop),
+            );
+            public.and(control)
+        }
+    };
+    drop(published);
+    node.shutdown().await;
+    served
+}
+
+/// The repo's `api` and `api.token` while the daemon serves; removed on drop.
+struct Published {
+    repo: Repo,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        // The address first: a CLI that finds it must still find the token.
+        self.repo.remove_api();
+        self.repo.remove_api_token();
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Http { addr, source })
+}
+
+fn local_addr(
+    listener: &tokio::net::TcpListener,
+    asked: SocketAddr,
+) -> Result<SocketAddr, DaemonError> {
+    listener.local_addr().map_err(|source| DaemonError::Http {
+        addr: asked,
+        source,
+    })
+}
+
+/// Serves one listener until `stop`; an error there stops the other one too.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let addr = local_addr(&listener, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
     .await;
-    config.repo.remove_api();
-    node.shutdown().await;
-    served.map_err(|source| DaemonError::Http { addr: http, source })
+    stop.cancel();
+    served.map_err(|source| DaemonError::Http { addr, source })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed
+/// now, not when the future is first polled, so a signal sent the moment the
+/// daemon says it is ready (or while it starts) stops it cleanly instead of
+/// killing it. Call inside the runtime.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

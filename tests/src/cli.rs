@@ -41,6 +41,15 @@ impl Ipnix {
         }
     }
 
+    /// A fresh repo in a temporary directory under `parent` (e.g. a small
+    /// tmpfs, to fill the disk on purpose).
+    pub fn new_in(parent: &Path) -> Self {
+        Self {
+            repo: tempfile::tempdir_in(parent).expect("tempdir"),
+            bin: ipnix_bin(),
+        }
+    }
+
     pub fn repo_path(&self) -> &Path {
         self.repo.path()
     }
@@ -120,8 +129,11 @@ pub fn assert_clean_failure(out: &Output, args: &[&str]) -> String {
 /// ephemeral port. Stopped with SIGTERM on drop.
 pub struct Daemon {
     child: std::process::Child,
-    /// The control API / gateway / binary cache URL (`http://127.0.0.1:PORT`).
+    /// The gateway / binary cache / metrics URL (`http://127.0.0.1:PORT`);
+    /// with the default loopback `--http` also the control API's.
     pub url: String,
+    /// The control API URL, from the repo's `api` file.
+    pub api_url: String,
     /// Lines the daemon printed on stdout up to "daemon is ready".
     pub banner: Vec<String>,
 }
@@ -129,12 +141,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon on `ipnix`'s repo with extra flags and waits until it is ready.
     pub fn start(ipnix: &Ipnix, extra: &[&str]) -> Daemon {
+        Self::start_on(ipnix, "127.0.0.1:0", extra)
+    }
+
+    /// [`Daemon::start`] with `--http http` (e.g. `0.0.0.0:0`, which moves the
+    /// control API to a loopback listener of its own).
+    pub fn start_on(ipnix: &Ipnix, http: &str, extra: &[&str]) -> Daemon {
         use std::io::BufRead;
         let mut cmd = ipnix.command();
         cmd.args([
             "daemon",
             "--http",
-            "127.0.0.1:0",
+            http,
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--no-mdns",
@@ -175,17 +193,51 @@ impl Daemon {
         }
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || while let Ok(Some(_)) = rx.recv() {});
-        let url =
-            std::fs::read_to_string(ipnix.repo_path().join("api")).expect("daemon wrote REPO/api");
+        let api_url = std::fs::read_to_string(ipnix.repo_path().join("api"))
+            .expect("daemon wrote REPO/api")
+            .trim()
+            .to_string();
+        // "HTTP (gateway, ...) on http://ADDR"; an unspecified address is
+        // reached through loopback.
+        let url = banner
+            .iter()
+            .find(|l| l.starts_with("HTTP ("))
+            .and_then(|l| l.rsplit_once(" on "))
+            .map(|(_, url)| {
+                url.trim()
+                    .replace("http://0.0.0.0:", "http://127.0.0.1:")
+                    .replace("http://[::]:", "http://[::1]:")
+            })
+            .unwrap_or_else(|| api_url.clone());
         Daemon {
             child,
-            url: url.trim().to_string(),
+            url,
+            api_url,
             banner,
         }
     }
 
+    /// The control API's bearer token (`REPO/api.token`).
+    pub fn api_token(ipnix: &Ipnix) -> String {
+        std::fs::read_to_string(ipnix.repo_path().join("api.token"))
+            .expect("daemon wrote REPO/api.token")
+            .trim()
+            .to_string()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the daemon process has exited (on its own or killed).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the daemon with SIGKILL (no clean shutdown: a crash) and waits.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits; returns whether it exited successfully.

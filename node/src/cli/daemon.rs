@@ -1,23 +1,30 @@
-//! `ipnix daemon`: turns the flags into a daemon configuration, runs it on a
-//! tokio runtime, and runs forwarded CLI commands inside it.
+//! `ipnix daemon`: turns the flags into a daemon configuration, takes the
+//! repo (its daemon lock, then its store, waiting a bounded time for a CLI
+//! command that holds either), runs the daemon on a tokio runtime, and runs
+//! forwarded CLI commands inside it.
 
 use super::{error_line, execute, Ctx, Io};
-use crate::{Cli, Command, DaemonArgs, DagCommand, NixCommand, PinCommand};
+use crate::{Cli, Command, DaemonArgs, DagCommand, NixCommand, PinCommand, SourcesCommand};
 use anyhow::Context as _;
 use clap::Parser;
-use ipnix_node::daemon::{self, DaemonConfig, Ready};
+use ipnix_node::daemon::{self, DaemonConfig, DaemonError, Ready};
 use ipnix_node::http::api::{CommandIo, CommandRequest, CommandRunner};
 use ipnix_node::net::{read_swarm_key, Multiaddr, NetConfig, NodeHandle};
-use ipnix_node::repo::Repo;
-use ipnix_store::Store;
+use ipnix_node::repo::{DaemonLock, Repo, RepoError};
+use ipnix_store::{Store, StoreError};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a starting daemon waits for the repo: for a CLI command that
+/// holds the store, or another daemon that is stopping.
+const REPO_WAIT: Duration = Duration::from_secs(30);
+/// CLI commands look at the daemon lock for microseconds; a lock held longer
+/// than this is worth saying so.
+const QUIET_WAIT: Duration = Duration::from_millis(500);
 
 pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
-    let store = Arc::new(
-        Store::open(&repo.store_dir())
-            .with_context(|| format!("cannot open the store of repo {}", repo.root().display()))?,
-    );
     let mut net = NetConfig::new(repo.identity()?);
     if !args.listen.is_empty() {
         net.listen = args
@@ -33,6 +40,7 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     net.mdns = !args.no_mdns;
     net.public_dht = args.public;
+    net.share_paths = args.share_paths;
     if let Some(path) = &args.swarm_key {
         let key = read_swarm_key(path)?;
         // The transport logs this through tracing, which the binary does not
@@ -47,6 +55,18 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         .http
         .parse()
         .map_err(|e| anyhow::anyhow!("--http {}: {e} (expected IP:PORT)", args.http))?;
+    let api = match &args.api {
+        Some(text) => {
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--api {text}: {e} (expected IP:PORT on loopback)"))?;
+            if !addr.ip().is_loopback() {
+                return Err(DaemonError::ApiNotLoopback(addr).into());
+            }
+            Some(addr)
+        }
+        None => None,
+    };
     let sign_key = match &args.sign_key {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -61,11 +81,21 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let trusted_keys = trusted_public_keys(&args)?;
+    if sign_key.is_none() && !trusted_keys.is_empty() {
+        eprintln!("ipnix: --trusted-public-keys only matters with --sign-key; nothing is signed");
+    }
+    // Held until this function returns: CLI commands see a daemon is alive
+    // (starting, serving or stopping) and wait for its API.
+    let daemon_lock = lock_daemon(&repo)?;
+    let store = Arc::new(open_store(&repo)?);
     let config = DaemonConfig {
         repo: repo.clone(),
         net,
         http,
+        api,
         sign_key,
+        trusted_keys,
         peer_timeout: std::time::Duration::from_millis(args.peer_timeout),
         fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
     };
@@ -87,15 +117,129 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
             fetch_timeout,
         })
     };
+    let shutdown = {
+        let _entered = runtime.enter();
+        daemon::shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?
+    };
     runtime.block_on(daemon::run(
         config,
         store,
         make_runner,
         print_ready,
-        daemon::shutdown_signal(),
+        shutdown,
     ))?;
+    // Commands still running inside finish before the store and the lock go.
+    drop(runtime);
+    drop(daemon_lock);
     println!("daemon stopped");
     Ok(())
+}
+
+/// Takes the repo's daemon lock. Held by a daemon that serves its API: fails
+/// at once, naming it. Held otherwise (a daemon stopping, or a CLI command
+/// looking): waits, at most [`REPO_WAIT`].
+fn lock_daemon(repo: &Repo) -> anyhow::Result<DaemonLock> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let pid = match repo.try_lock_daemon() {
+            Ok(lock) => return Ok(lock),
+            Err(RepoError::DaemonRunning { pid, .. }) => pid,
+            Err(e) => return Err(e.into()),
+        };
+        let pid_text = pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+        if let Some(url) = repo.read_api().filter(|url| api_answers(url)) {
+            anyhow::bail!(
+                "an ipnix daemon{pid_text} already runs on repo {} (control API at {url})",
+                repo.root().display()
+            );
+        }
+        let waited = started.elapsed();
+        if waited >= REPO_WAIT {
+            anyhow::bail!(
+                "another ipnix daemon{pid_text} kept repo {} for {} s without serving it",
+                repo.root().display(),
+                REPO_WAIT.as_secs()
+            );
+        }
+        if !said && waited >= QUIET_WAIT {
+            eprintln!(
+                "ipnix: another ipnix daemon{pid_text} holds repo {}; waiting up to {} s for it to stop",
+                repo.root().display(),
+                REPO_WAIT.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether something accepts connections at a control API URL.
+fn api_answers(url: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Some(authority) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = authority.trim_end_matches('/');
+    let Ok(addrs) = authority.to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
+}
+
+/// Opens the repo's store; while a CLI command holds it, waits (at most
+/// [`REPO_WAIT`], saying so once) instead of failing.
+fn open_store(repo: &Repo) -> anyhow::Result<Store> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match Store::open(&repo.store_dir()) {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Locked { .. }) if started.elapsed() < REPO_WAIT => {
+                if !said {
+                    eprintln!(
+                        "ipnix: repo {} is in use by another ipnix command; waiting up to {} s for it to finish",
+                        repo.root().display(),
+                        REPO_WAIT.as_secs()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot open the store of repo {}",
+                    repo.root().display()
+                )))
+            }
+        }
+    }
+}
+
+/// `--trusted-public-keys` and the keys in `--trusted-public-keys-file`.
+fn trusted_public_keys(args: &DaemonArgs) -> anyhow::Result<Vec<ipnix_bridge::narinfo::PublicKey>> {
+    use ipnix_bridge::narinfo::parse_public_keys;
+    let mut keys = parse_public_keys(&args.trusted_public_keys.join(" "))
+        .context("--trusted-public-keys takes Nix public keys (name:base64)")?;
+    if let Some(path) = &args.trusted_public_keys_file {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read --trusted-public-keys-file {}", path.display())
+        })?;
+        let more = parse_public_keys(&text).with_context(|| {
+            format!(
+                "--trusted-public-keys-file {} holds something that is not a Nix public key (name:base64)",
+                path.display()
+            )
+        })?;
+        for key in more {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
 }
 
 fn parse_multiaddr(text: &str, flag: &str) -> anyhow::Result<Multiaddr> {
@@ -108,10 +252,18 @@ fn print_ready(ready: &Ready) {
     for addr in &ready.listen {
         println!("swarm listening on {addr}");
     }
-    println!(
-        "HTTP (API, gateway, Nix binary cache, metrics) on http://{}",
-        ready.http
-    );
+    if ready.api == ready.http {
+        println!(
+            "HTTP (API, gateway, Nix binary cache, metrics) on http://{}",
+            ready.http
+        );
+    } else {
+        println!(
+            "HTTP (gateway, Nix binary cache, metrics) on http://{}",
+            ready.http
+        );
+        println!("control API (loopback only) on http://{}", ready.api);
+    }
     println!("daemon is ready");
     // Scripts wait for this line; make sure it leaves the process now.
     let _ = std::io::stdout().flush();
@@ -162,8 +314,13 @@ impl CommandRunner for DaemonRunner {
                 | Command::Dag(DagCommand::Import { .. })
                 | Command::Nix(NixCommand::Import { .. })
         );
+        // A sources pin that failed some entries still pinned the others.
+        let pins_sources = matches!(
+            cli.command,
+            Command::Sources(SourcesCommand::Pin { .. } | SourcesCommand::Add { .. })
+        );
         let result = execute(&ctx, cli.command, &mut io);
-        if announces && result.is_ok() {
+        if (announces && result.is_ok()) || pins_sources {
             // Kubo announces what it adds; so do we, rather than at the next reprovide.
             self.node.reprovide();
         }

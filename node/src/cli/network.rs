@@ -16,15 +16,25 @@ pub fn id(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
         // Offline, as Kubo: the identity is known, the addresses are not.
         _ => (ctx.repo.identity()?.public().to_peer_id(), Vec::new()),
     };
-    if ctx.json {
+    print_id(io.stdout, ctx.json, &peer, &addrs)
+}
+
+/// `id`'s output; also used offline, where `id` runs without opening the store.
+pub fn print_id(
+    out: &mut dyn std::io::Write,
+    json: bool,
+    peer: &libp2p::PeerId,
+    addrs: &[String],
+) -> anyhow::Result<()> {
+    if json {
         print_json(
-            io.stdout,
+            out,
             &serde_json::json!({"peer_id": peer.to_string(), "addrs": addrs, "agent": agent()}),
         )
     } else {
-        writeln!(io.stdout, "{peer}")?;
+        writeln!(out, "{peer}")?;
         for addr in addrs {
-            writeln!(io.stdout, "{addr}")?;
+            writeln!(out, "{addr}")?;
         }
         Ok(())
     }

@@ -1,13 +1,22 @@
 //! The CLI side of the control API: forwards a command to the daemon that
-//! holds the repo and relays its stdout, stderr and exit code.
+//! holds the repo, proving with the repo's `api.token` that it runs as the
+//! repo's owner, and relays the command's stdout, stderr and exit code.
 
 use crate::{BlockCommand, Command, DagCommand};
-use ipnix_node::http::api::{encode_request, read_frame, CommandRequest, FrameKind, RUN_PATH};
+use ipnix_node::http::api::{
+    encode_request, read_frame, CommandRequest, FrameKind, COMMAND_HEADER, RUN_PATH, TOKEN_SCHEME,
+};
+use ipnix_node::repo::Repo;
 use std::io::Write;
 use std::path::Path;
 
-/// Runs the command in the daemon at `url`. `Ok(None)`: no daemon answered.
-pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Option<i32>> {
+/// Runs the command in `repo`'s daemon at `url`. `Ok(None)`: no daemon answered.
+pub fn run(
+    repo: &Repo,
+    url: &str,
+    args: Vec<String>,
+    command: &Command,
+) -> anyhow::Result<Option<i32>> {
     let request = CommandRequest {
         args,
         cwd: std::env::current_dir()?,
@@ -15,14 +24,19 @@ pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Op
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(None)
         .http_status_as_error(false)
+        // The daemon is on loopback: a proxy from HTTP_PROXY or ALL_PROXY
+        // would not reach it (Go's, and so Kubo's, clients never proxy
+        // loopback either).
+        .proxy(None)
         .build()
         .into();
-    let call = agent
+    let token = repo.read_api_token();
+    let mut call = agent
         .post(format!("{}{}", url.trim_end_matches('/'), RUN_PATH))
-        .header(
-            ipnix_node::http::api::COMMAND_HEADER,
-            encode_request(&request),
-        );
+        .header(COMMAND_HEADER, encode_request(&request));
+    if let Ok(token) = &token {
+        call = call.header("authorization", format!("{TOKEN_SCHEME} {token}"));
+    }
     let sent = if reads_stdin(command) {
         let stdin = std::io::stdin();
         call.send(ureq::SendBody::from_reader(&mut stdin.lock()))
@@ -39,8 +53,12 @@ pub fn run(url: &str, args: Vec<String>, command: &Command) -> anyhow::Result<Op
     };
     if response.status() != 200 {
         let text = response.body_mut().read_to_string().unwrap_or_default();
+        let why_no_token = match &token {
+            Err(e) if response.status() == 403 => format!(" (cannot read the token: {e})"),
+            _ => String::new(),
+        };
         anyhow::bail!(
-            "the daemon at {url} refused the command ({}): {}",
+            "the daemon at {url} refused the command ({}): {}{why_no_token}",
             response.status(),
             text.trim()
         );
