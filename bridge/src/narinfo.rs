@@ -441,8 +441,43 @@ impl PublicKey {
     }
 }
 
+/// Parses a list of public keys as Nix's `trusted-public-keys` setting holds
+/// them: `name:base64` separated by whitespace. A `#` starts a comment that
+/// runs to the end of its line (for key files). Duplicates are dropped.
+pub fn parse_public_keys(text: &str) -> Result<Vec<PublicKey>, NarInfoError> {
+    let mut keys: Vec<PublicKey> = Vec::new();
+    for line in text.lines() {
+        let line = line.split_once('#').map_or(line, |(keys, _)| keys);
+        for word in line.split_whitespace() {
+            let key = PublicKey::parse(word)?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.name, BASE64.encode(self.key.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_key_lists_read_like_trusted_public_keys() {
+        let a = SecretKey::from_seed("a-1", [1; 32]).public_key();
+        let b = SecretKey::from_seed("b-1", [2; 32]).public_key();
+        let text = format!("# our builders\n{a}  {b}\n\n{a} # again\n");
+        assert_eq!(parse_public_keys(&text).expect("parses"), vec![a, b]);
+        assert_eq!(parse_public_keys(" \n# nothing\n").expect("empty"), vec![]);
+        assert!(matches!(
+            parse_public_keys("a-1:not-base64!"),
+            Err(NarInfoError::Key(_))
+        ));
     }
 }

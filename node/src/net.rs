@@ -79,6 +79,13 @@ pub struct NetConfig {
     pub public_dht: bool,
     /// Private network: only peers with the same key can connect (TCP only).
     pub swarm_key: Option<PreSharedKey>,
+    /// Tell peers which store paths this node holds: answer
+    /// `/ipnix/pathinfo/1.0.0` from the `nix-path` index and announce those
+    /// paths' DHT keys. Always on in a private network (`swarm_key`), where
+    /// every peer holds the key; else off unless asked for (the daemon's
+    /// `--share-paths`), since mDNS finds any host on the link. Off, the node
+    /// answers every such question with "not here".
+    pub share_paths: bool,
     /// Established connections, in and out together.
     pub max_connections: u32,
     /// Connections in handshake, each direction.
@@ -104,6 +111,7 @@ impl std::fmt::Debug for NetConfig {
                 "swarm_key",
                 &self.swarm_key.map(|k| k.fingerprint().to_string()),
             )
+            .field("share_paths", &self.share_paths)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -129,6 +137,7 @@ impl NetConfig {
             lan_dht: true,
             public_dht: false,
             swarm_key: None,
+            share_paths: false,
             max_connections: 512,
             max_pending: 64,
             idle_timeout: Duration::from_secs(120),
@@ -138,7 +147,7 @@ impl NetConfig {
     }
 
     /// For tests and benchmarks: 127.0.0.1 on ephemeral TCP and QUIC ports,
-    /// no mDNS, LAN DHT on.
+    /// no mDNS, LAN DHT on, store paths shared with peers.
     pub fn loopback(keypair: Keypair) -> Self {
         Self {
             listen: vec![
@@ -148,6 +157,7 @@ impl NetConfig {
                     .expect("static multiaddr"),
             ],
             mdns: false,
+            share_paths: true,
             ..Self::new(keypair)
         }
     }
@@ -225,6 +235,8 @@ mod tests {
             assert!(!config.public_dht);
             assert!(config.bootstrap.is_empty());
         }
+        // The daemon tells peers nothing about its store paths unless asked to.
+        assert!(!NetConfig::new(Keypair::generate_ed25519()).share_paths);
         let loopback = NetConfig::loopback(Keypair::generate_ed25519());
         assert!(!loopback.mdns);
         assert!(loopback

@@ -117,7 +117,10 @@ class Daemon:
         self.bin, self.ns, self.repo = bin_path, ns, repo
         self.log = open(repo.parent / f"{repo.name}.log", "w")
         self.proc = subprocess.Popen(
-            ns_cmd(ns, str(bin_path), "--repo", str(repo), "daemon", *LISTEN[self.transport]),
+            # --share-paths: A answers B's path-info questions (off by default
+            # without a swarm key).
+            ns_cmd(ns, str(bin_path), "--repo", str(repo), "daemon", "--share-paths",
+                   *LISTEN[self.transport]),
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.peer_id = None
         for line in self.proc.stdout:

@@ -131,9 +131,14 @@ fn assert_same_nars(lab: &NixLab, store: &Path, paths: &[String]) {
     }
 }
 
+/// Every host shares its store paths with the others (`--share-paths`:
+/// off by default outside a private network).
 fn start(ipnix: &Ipnix, host: &Host) -> HostDaemon {
-    host.start_daemon(ipnix, &["--fetch-timeout", FETCH_TIMEOUT_SECS])
-        .unwrap_or_else(|e| panic!("daemon on {}: {e:#}", host.name))
+    host.start_daemon(
+        ipnix,
+        &["--fetch-timeout", FETCH_TIMEOUT_SECS, "--share-paths"],
+    )
+    .unwrap_or_else(|e| panic!("daemon on {}: {e:#}", host.name))
 }
 
 fn import_closure(daemon: &HostDaemon, paths: &[&str]) {

@@ -3,8 +3,12 @@
 //! --dump`) or an existing binary cache, dependencies first, checking every
 //! NAR hash; each path commits in one store transaction together with its
 //! recursive pin (`nix:<store path>`) and its store-path index entry, so a
-//! failed import leaves nothing pinned or indexed. Export renders a NAR or
-//! materialises the tree; info names the path-info, root, SWHID and metadata.
+//! failed import leaves nothing pinned or indexed. A path read from the local
+//! Nix also gets its provenance entry (`nix-trusted`) in that transaction:
+//! the one thing, besides trusted upstream signatures and checked content
+//! addresses, that lets the daemon sign it (DESIGN.md I-26); a `--from-cache`
+//! import never does. Export renders a NAR or materialises the tree; info
+//! names the path-info, root, SWHID and metadata.
 
 use super::progress::{bar, ReadProgress, WriteProgress};
 use super::{parse_cid, print_json, Ctx, Io};
@@ -13,14 +17,15 @@ use anyhow::Context as _;
 use cid::Cid;
 use ipnix_bridge::cache_client::{CacheClient, CacheError};
 use ipnix_bridge::export::{export_dir, export_nar, load_pathinfo, ExportError};
-use ipnix_bridge::git::git_id;
 use ipnix_bridge::hash::{check_hash_part, StorePath, DEFAULT_STORE_DIR};
 use ipnix_bridge::import::{import_nar, Imported};
 use ipnix_bridge::narinfo::NarInfo;
 use ipnix_bridge::nixstore::{self, Dump, NixPathInfo, NixStoreError};
-use ipnix_bridge::pathinfo::{split_store_path, RootKind};
+use ipnix_bridge::pathinfo::split_store_path;
 use ipnix_bridge::PathInfo;
-use ipnix_node::http::nixcache::{indexed_pathinfo, PATH_INDEX, PIN_PREFIX};
+use ipnix_node::http::nixcache::{
+    indexed_pathinfo, is_from_local_nix, record_local_nix, stage_local_nix, PATH_INDEX, PIN_PREFIX,
+};
 use ipnix_store::block::{DAG_CBOR, GIT_RAW};
 use ipnix_store::PinMode;
 use std::collections::{HashMap, VecDeque};
@@ -150,9 +155,22 @@ fn reference_cids(
     Ok(())
 }
 
-/// Commits one imported path: its blocks, its pin and its index entry in one
-/// transaction.
-fn commit(session: ipnix_store::Session<'_>, imported: &Imported) -> anyhow::Result<()> {
+/// Where an imported path's bytes and metadata came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This machine's Nix store: recorded, so the daemon may sign it.
+    LocalNix,
+    /// A binary cache: only its upstream signatures vouch for it.
+    Cache,
+}
+
+/// Commits one imported path: its blocks, its pin, its index entry and, for
+/// the local Nix store, its provenance entry in one transaction.
+fn commit(
+    session: ipnix_store::Session<'_>,
+    imported: &Imported,
+    source: Source,
+) -> anyhow::Result<()> {
     let mut session = session;
     let path = &imported.pathinfo.store_path;
     let hash_part = imported.pathinfo.store_path().hash_part().to_owned();
@@ -161,6 +179,9 @@ fn commit(session: ipnix_store::Session<'_>, imported: &Imported) -> anyhow::Res
         hash_part.as_bytes(),
         &imported.pathinfo_cid.to_bytes(),
     );
+    if source == Source::LocalNix {
+        stage_local_nix(&mut session, &imported.pathinfo_cid, path);
+    }
     session
         .finish(Some((
             imported.pathinfo_cid,
@@ -204,6 +225,7 @@ fn import_local(ctx: &Ctx, closure: bool, args: &[String], io: &mut Io<'_>) -> a
     let mut known: HashMap<String, Cid> = HashMap::new();
     for info in import_order(infos)? {
         if let Some(cid) = already_imported(ctx, &info.path)? {
+            vouch_for_earlier_import(ctx, &info, &cid)?;
             known.insert(info.path.clone(), cid);
             report(ctx, io, &info.path, &cid, None)?;
             continue;
@@ -235,9 +257,38 @@ fn import_local(ctx: &Ctx, closure: bool, args: &[String], io: &mut Io<'_>) -> a
                 return Err(anyhow::Error::new(e).context(format!("cannot import {}", info.path)))
             }
         };
-        commit(session, &imported)?;
+        commit(session, &imported, Source::LocalNix)?;
         known.insert(info.path.clone(), imported.pathinfo_cid);
         report(ctx, io, &info.path, &imported.pathinfo_cid, Some(&imported))?;
+    }
+    Ok(())
+}
+
+/// A path imported earlier (say from a binary cache) and now imported from
+/// the local Nix store: its path-info earns the local provenance entry only
+/// if it says what the local Nix says of every field the node's signature
+/// covers (NAR hash, NAR size, references). A different build of the same
+/// store path keeps the earlier path-info, unvouched, and says so.
+fn vouch_for_earlier_import(ctx: &Ctx, local: &NixPathInfo, cid: &Cid) -> anyhow::Result<()> {
+    if is_from_local_nix(&ctx.store, cid)? {
+        return Ok(());
+    }
+    let earlier = load_pathinfo(&*ctx.store, cid)
+        .with_context(|| format!("the path-info {cid} of {} is unreadable", local.path))?;
+    let mut local_references = local.references.clone();
+    local_references.sort();
+    local_references.dedup();
+    if earlier.nar_hash == local.nar_hash
+        && earlier.nar_size == local.nar_size
+        && earlier.reference_paths() == local_references
+    {
+        record_local_nix(&ctx.store, cid, &local.path)
+            .with_context(|| format!("cannot record where {} came from", local.path))?;
+    } else {
+        tracing::warn!(
+            "{} was imported earlier with another NAR hash or references than the local Nix store has; keeping that import, which the daemon does not sign",
+            local.path
+        );
     }
     Ok(())
 }
@@ -351,7 +402,7 @@ fn import_from_cache(
         let imported = client.import(&mut session, info, &known);
         progress.finish_and_clear();
         let imported = imported.map_err(|e| cache_error(url, e))?;
-        commit(session, &imported)?;
+        commit(session, &imported, Source::Cache)?;
         known.insert(info.store_path.clone(), imported.pathinfo_cid);
         report(
             ctx,
@@ -538,12 +589,8 @@ fn info(ctx: &Ctx, arg: &str, io: &mut Io<'_>) -> anyhow::Result<()> {
             target.cid
         );
     };
-    let id =
-        hex::encode(git_id(&info.root.cid).context("the path-info's root is not a git object")?);
-    let swhid = match info.root.kind {
-        RootKind::Directory => format!("swh:1:dir:{id}"),
-        RootKind::Regular | RootKind::Executable | RootKind::Symlink => format!("swh:1:cnt:{id}"),
-    };
+    let swhid = ipnix_bridge::swhid::of_pathinfo(&info)
+        .context("the path-info's root is not a git object")?;
     let references = info.reference_paths();
     if ctx.json {
         let refs: Vec<serde_json::Value> = info

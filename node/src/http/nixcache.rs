@@ -17,6 +17,14 @@
 //! pins down the path-info (and with it the expected NAR hash and size), so
 //! serving a NAR needs no second index and works for path-infos that are
 //! only available from peers.
+//!
+//! Signing (DESIGN.md I-26): with `--sign-key`, a narinfo gets the node's own
+//! `Sig:` only when the node checked the path by its own policy ([`vouch`]):
+//! imported from this machine's Nix store (recorded in [`LOCAL_NIX_INDEX`]
+//! at import), signed upstream by a key in `--trusted-public-keys`, or a
+//! `fixed:r:sha256` path whose store path, NAR hash and (empty) references
+//! are what its content address says. Never because a peer has it. Every
+//! other narinfo is served with its upstream signatures only (I-14).
 
 use crate::fetch::{fetch_dag, FetchOptions, NetworkBlocks};
 use crate::net::NodeHandle;
@@ -28,12 +36,13 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use cid::Cid;
+use ipnix_bridge::ca::{ContentAddress, FileIngestion};
 use ipnix_bridge::export::{export_nar, load_pathinfo, ExportError};
-use ipnix_bridge::hash::{check_hash_part, DEFAULT_STORE_DIR};
-use ipnix_bridge::narinfo::{NarInfo, SecretKey};
+use ipnix_bridge::hash::{check_hash_part, HashAlgo, DEFAULT_STORE_DIR};
+use ipnix_bridge::narinfo::{NarInfo, PublicKey, SecretKey};
 use ipnix_bridge::PathInfo;
 use ipnix_store::block::DAG_CBOR;
-use ipnix_store::{BlockRead, Store, StoreError};
+use ipnix_store::{BlockRead, Session, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +53,13 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 pub use crate::pathinfo::PATH_INDEX;
 /// Prefix of the pin names `ipnix nix import` gives path-infos.
 pub const PIN_PREFIX: &str = "nix:";
+/// Store index namespace: path-info CID (bytes) -> its store path, for
+/// path-infos that `ipnix nix import` made from this machine's own Nix store
+/// (`nix path-info`, `nix-store --dump`), written in the same transaction
+/// as the import. Keyed by CID, so it vouches for exactly that metadata and
+/// NAR hash, whoever later names the same store path. Never written for
+/// `--from-cache` imports or anything from peers (DESIGN.md I-26).
+pub const LOCAL_NIX_INDEX: &str = "nix-trusted";
 /// What `/nix-cache-info` says. Priority 30: ahead of cache.nixos.org (40),
 /// as a local cache should be.
 const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n";
@@ -141,12 +157,101 @@ pub fn find_pathinfo<R: BlockRead>(
     }
 }
 
+/// Stages "this path-info came from the local Nix store" in the session
+/// that imports it (DESIGN.md I-26).
+pub fn stage_local_nix(session: &mut Session<'_>, pathinfo: &Cid, store_path: &str) {
+    session.index_put(LOCAL_NIX_INDEX, &pathinfo.to_bytes(), store_path.as_bytes());
+}
+
+/// Records the same for a path-info already in the store, once its NAR hash,
+/// size and references were found equal to the local Nix store's.
+pub fn record_local_nix(store: &Store, pathinfo: &Cid, store_path: &str) -> Result<(), StoreError> {
+    store.index_put(LOCAL_NIX_INDEX, &pathinfo.to_bytes(), store_path.as_bytes())
+}
+
+/// Whether `pathinfo` was imported from this machine's Nix store.
+pub fn is_from_local_nix(store: &Store, pathinfo: &Cid) -> Result<bool, StoreError> {
+    Ok(store
+        .index_get(LOCAL_NIX_INDEX, &pathinfo.to_bytes())?
+        .is_some())
+}
+
+/// Why the node puts its own signature on a path's narinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Vouch {
+    /// Imported from this machine's Nix store ([`LOCAL_NIX_INDEX`]).
+    LocalNixStore,
+    /// An upstream signature verifies against this configured key.
+    TrustedKey(String),
+    /// `fixed:r:sha256:H`: the store path is the one H names, no references,
+    /// and H is the NAR hash, which every render checks as it streams.
+    ContentAddress,
+}
+
+/// The node's signing policy (DESIGN.md I-26): `Some(reason)` when the node
+/// may sign `info`, `None` otherwise. `from_local_nix` is what
+/// [`is_from_local_nix`] says of the path-info's CID; `trusted_keys` are the
+/// operator's (`--trusted-public-keys`). Where the path-info came from (the
+/// store index or a peer) plays no part: a peer's word is never a reason.
+pub fn vouch(info: &PathInfo, from_local_nix: bool, trusted_keys: &[PublicKey]) -> Option<Vouch> {
+    if from_local_nix {
+        return Some(Vouch::LocalNixStore);
+    }
+    if !trusted_keys.is_empty() && !info.signatures.is_empty() {
+        let fingerprint = ipnix_bridge::narinfo::fingerprint(
+            &info.store_path,
+            &info.nar_hash,
+            info.nar_size,
+            &info.reference_paths(),
+        );
+        if let Some(key) = trusted_keys.iter().find(|key| {
+            info.signatures
+                .iter()
+                .any(|sig| key.verify(&fingerprint, sig))
+        }) {
+            return Some(Vouch::TrustedKey(key.name().to_owned()));
+        }
+    }
+    content_address_holds(info).then_some(Vouch::ContentAddress)
+}
+
+/// Whether `info` is a content-addressed path this node can check for free:
+/// `fixed:r:sha256:H` naming exactly this store path, with no references
+/// (not even itself), and H equal to the NAR hash, so the render's NAR hash
+/// check (I-12) proves the content. Flat (`fixed:<algo>:H`, a hash of the
+/// file's bytes), other algorithms and `text:` would need the content hashed
+/// again on every narinfo; they are not signed, and need not be: Nix accepts
+/// a valid content-addressed path without any signature.
+fn content_address_holds(info: &PathInfo) -> bool {
+    let Some(text) = &info.ca else {
+        return false;
+    };
+    let Ok(ca) = ContentAddress::parse(text) else {
+        return false;
+    };
+    let ContentAddress::Fixed {
+        method: FileIngestion::Recursive,
+        hash,
+    } = &ca
+    else {
+        return false;
+    };
+    hash.algo() == HashAlgo::Sha256
+        && *hash == info.nar_hash
+        && info.references.is_empty()
+        && !info.self_reference
+        && ca.names(info.store_dir(), &info.store_path())
+}
+
 /// What the binary cache reads from and signs with.
 #[derive(Clone)]
 pub struct NixCacheState {
     store: Arc<Store>,
     node: Option<NodeHandle>,
     sign_key: Option<Arc<SecretKey>>,
+    /// Upstream keys whose signature earns a path the node's own (I-26).
+    trusted_keys: Arc<[PublicKey]>,
     /// How long to wait for a block from peers.
     fetch_timeout: Duration,
     /// How long a narinfo miss waits for peers' answers.
@@ -191,6 +296,7 @@ impl std::fmt::Debug for NixCacheState {
                 "sign_key",
                 &self.sign_key.as_ref().map(|k| k.name().to_owned()),
             )
+            .field("trusted_keys", &self.trusted_keys.len())
             .field("fetch_timeout", &self.fetch_timeout)
             .field("peer_timeout", &self.peer_timeout)
             .finish_non_exhaustive()
@@ -199,7 +305,8 @@ impl std::fmt::Debug for NixCacheState {
 
 impl NixCacheState {
     /// `node: None` serves local blocks only; `sign_key` adds the node's own
-    /// `Sig:` to every narinfo (upstream signatures are always kept).
+    /// `Sig:` to the narinfos of paths its policy vouches for ([`vouch`]);
+    /// upstream signatures are always kept.
     pub fn new(
         store: Arc<Store>,
         node: Option<NodeHandle>,
@@ -209,6 +316,7 @@ impl NixCacheState {
             store,
             node,
             sign_key,
+            trusted_keys: Arc::from(Vec::new()),
             fetch_timeout: Duration::from_secs(60),
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             learned: Arc::default(),
@@ -228,6 +336,41 @@ impl NixCacheState {
     pub fn with_peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = timeout;
         self
+    }
+
+    /// Upstream keys (Nix's `trusted-public-keys`) whose valid signature on a
+    /// path earns it the node's own.
+    pub fn with_trusted_keys(mut self, keys: Vec<PublicKey>) -> Self {
+        self.trusted_keys = Arc::from(keys);
+        self
+    }
+
+    /// The key to sign `info` with: the node's, when [`vouch`] allows.
+    async fn signer_for(&self, cid: &Cid, info: &PathInfo) -> Option<Arc<SecretKey>> {
+        let key = self.sign_key.clone()?;
+        let store = self.store.clone();
+        let cid_owned = *cid;
+        let looked_up = tokio::task::spawn_blocking(move || is_from_local_nix(&store, &cid_owned))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|found| found.map_err(|e| e.to_string()));
+        let from_local_nix = looked_up.unwrap_or_else(|e| {
+            tracing::warn!("nix cache: provenance of {cid}: {e}; not signing it");
+            false
+        });
+        match vouch(info, from_local_nix, &self.trusted_keys) {
+            Some(reason) => {
+                tracing::debug!("nix cache: signing {} ({reason:?})", info.store_path);
+                Some(key)
+            }
+            None => {
+                tracing::debug!(
+                    "nix cache: not signing {}: not from the local Nix store, no trusted upstream signature, no checked content address",
+                    info.store_path
+                );
+                None
+            }
+        }
     }
 
     fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
@@ -395,7 +538,9 @@ async fn cache_info() -> Response {
     response
 }
 
-/// The narinfo the cache serves for a path-info.
+/// The narinfo the cache serves for a path-info, signed also by `sign_key`
+/// if given: the caller passes the node's key only for paths [`vouch`]
+/// allows.
 pub fn render_narinfo(cid: &Cid, info: &PathInfo, sign_key: Option<&SecretKey>) -> String {
     let mut narinfo = NarInfo::from_pathinfo(
         info,
@@ -421,9 +566,21 @@ pub fn nar_url(cid: &Cid) -> String {
     format!("nar/{cid}.nar")
 }
 
-async fn narinfo(State(state): State<NixCacheState>, Path(file): Path<String>) -> Response {
+async fn narinfo(
+    State(state): State<NixCacheState>,
+    Path(file): Path<String>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let Some(hash_part) = file.strip_suffix(".narinfo") else {
-        return text(StatusCode::NOT_FOUND, format!("/{file} is not served here"));
+        // One path segment is also the hashed mirror's SRI form (`/sha256-...`).
+        let mirror = crate::http::mirror::MirrorState {
+            store: state.store.clone(),
+            node: state.node.clone(),
+            peers: crate::sourceshare::FindConfig::new(state.peer_timeout)
+                .with_fetch_timeout(state.fetch_timeout),
+        };
+        return crate::http::mirror::serve(&mirror, &method, &format!("/{file}"), &headers).await;
     };
     if check_hash_part(hash_part).is_err() {
         return text(
@@ -469,7 +626,8 @@ async fn narinfo(State(state): State<NixCacheState>, Path(file): Path<String>) -
             format!("{} is not in {DEFAULT_STORE_DIR}", info.store_path),
         );
     }
-    let body = render_narinfo(&cid, &info, state.sign_key.as_deref());
+    let signer = state.signer_for(&cid, &info).await;
+    let body = render_narinfo(&cid, &info, signer.as_deref());
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -738,5 +896,166 @@ mod tests {
             vec!["ipnix-1".to_string(), "upstream-1".to_string()]
         );
         assert_eq!(parsed.sigs.len(), 2);
+    }
+
+    /// A small input-addressed path-info (no references), for the policy tests.
+    fn plain_pathinfo(store_path: &str) -> PathInfo {
+        use ipnix_bridge::hash::NixHash;
+        use ipnix_bridge::pathinfo::{Root, RootKind};
+        use ipnix_store::block::{cid_for, GIT_RAW};
+        PathInfo {
+            store_path: store_path.into(),
+            root: Root {
+                kind: RootKind::Executable,
+                cid: cid_for(GIT_RAW, b"blob 0\0"),
+            },
+            nar_hash: NixHash::sha256([3; 32]),
+            nar_size: 120,
+            references: Vec::new(),
+            self_reference: false,
+            signatures: Vec::new(),
+            deriver: None,
+            ca: None,
+            blobs: Vec::new(),
+        }
+    }
+
+    fn fingerprint_of(info: &PathInfo) -> String {
+        ipnix_bridge::narinfo::fingerprint(
+            &info.store_path,
+            &info.nar_hash,
+            info.nar_size,
+            &info.reference_paths(),
+        )
+    }
+
+    fn sigs_in(narinfo: &str) -> usize {
+        narinfo.lines().filter(|l| l.starts_with("Sig: ")).count()
+    }
+
+    /// I-26: a path-info a peer (or a `--from-cache` import) handed over,
+    /// unsigned, is not signed by the node whatever it claims to be.
+    #[test]
+    fn i26_a_peers_unsigned_path_is_not_vouched_for() {
+        let ours = SecretKey::from_seed("ipnix-1", [9; 32]);
+        let forged = plain_pathinfo("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello-2.12.1");
+        assert_eq!(vouch(&forged, false, &[]), None);
+        assert_eq!(vouch(&forged, false, &[ours.public_key()]), None);
+        // A signature by an untrusted key, or by a trusted key's name over
+        // other metadata, is no reason either.
+        let mut signed = forged.clone();
+        let stranger = SecretKey::from_seed("stranger-1", [4; 32]);
+        signed.signatures = vec![stranger.sign(&fingerprint_of(&signed))];
+        let trusted = SecretKey::from_seed("upstream-1", [5; 32]);
+        assert_eq!(vouch(&signed, false, &[trusted.public_key()]), None);
+        let mut other = forged.clone();
+        other.nar_size = 128;
+        signed.signatures = vec![trusted.sign(&fingerprint_of(&other))];
+        assert_eq!(vouch(&signed, false, &[trusted.public_key()]), None);
+        // The cache then renders it with no signature of ours.
+        let (cid, _) = forged.to_block().expect("encode");
+        assert_eq!(sigs_in(&render_narinfo(&cid, &forged, None)), 0);
+    }
+
+    #[test]
+    fn i26_local_nix_store_and_trusted_upstream_signatures_are_vouched_for() {
+        let info = plain_pathinfo("/nix/store/00000000000000000000000000000000-x");
+        assert_eq!(vouch(&info, true, &[]), Some(Vouch::LocalNixStore));
+        let upstream = SecretKey::from_seed("upstream-1", [5; 32]);
+        let unrelated = SecretKey::from_seed("unrelated-1", [6; 32]);
+        let mut signed = info.clone();
+        signed.signatures = vec![upstream.sign(&fingerprint_of(&signed))];
+        assert_eq!(
+            vouch(
+                &signed,
+                false,
+                &[unrelated.public_key(), upstream.public_key()]
+            ),
+            Some(Vouch::TrustedKey("upstream-1".into()))
+        );
+        assert_eq!(vouch(&signed, false, &[unrelated.public_key()]), None);
+        assert_eq!(vouch(&signed, false, &[]), None);
+    }
+
+    #[test]
+    fn i26_only_a_checked_recursive_sha256_content_address_is_vouched_for() {
+        use ipnix_bridge::hash::NixHash;
+        let nar_hash = NixHash::sha256([7; 32]);
+        let ca = ContentAddress::fixed(FileIngestion::Recursive, nar_hash.clone());
+        let path = ca
+            .fixed_output_path("/nix/store", "source")
+            .expect("valid name")
+            .expect("fixed");
+        let mut info = plain_pathinfo(&path);
+        info.nar_hash = nar_hash.clone();
+        info.ca = Some(ca.to_string());
+        assert_eq!(vouch(&info, false, &[]), Some(Vouch::ContentAddress));
+
+        // The NAR hash is not the one the CA names.
+        let mut wrong_hash = info.clone();
+        wrong_hash.nar_hash = NixHash::sha256([8; 32]);
+        assert_eq!(vouch(&wrong_hash, false, &[]), None);
+        // The store path is not the one the CA names.
+        let mut wrong_path = info.clone();
+        wrong_path.store_path = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-source".into();
+        assert_eq!(vouch(&wrong_path, false, &[]), None);
+        // References (even to itself) are outside what ca.rs derives.
+        let mut self_ref = info.clone();
+        self_ref.self_reference = true;
+        assert_eq!(vouch(&self_ref, false, &[]), None);
+        let mut with_ref = info.clone();
+        with_ref.references = vec![ipnix_bridge::pathinfo::Reference {
+            path: "/nix/store/00000000000000000000000000000000-x".into(),
+            info: plain_pathinfo("/nix/store/00000000000000000000000000000000-x")
+                .to_block()
+                .expect("encode")
+                .0,
+        }];
+        assert_eq!(vouch(&with_ref, false, &[]), None);
+        // Unparsable CA text.
+        let mut garbage = info.clone();
+        garbage.ca = Some("fixed:r:sha256:nope".into());
+        assert_eq!(vouch(&garbage, false, &[]), None);
+        // Flat: the hash is of the file's bytes, which the render does not
+        // check; not signed (Nix accepts it unsigned when valid).
+        let flat = ContentAddress::fixed(FileIngestion::Flat, nar_hash.clone());
+        let flat_path = flat
+            .fixed_output_path("/nix/store", "x.tar.gz")
+            .expect("valid name")
+            .expect("fixed");
+        let mut flat_info = plain_pathinfo(&flat_path);
+        flat_info.ca = Some(flat.to_string());
+        assert_eq!(vouch(&flat_info, false, &[]), None);
+        // text: is never signed for its CA.
+        let mut text_info = info.clone();
+        text_info.ca = Some(format!("text:{}", nar_hash.to_nix32()));
+        assert_eq!(vouch(&text_info, false, &[]), None);
+    }
+
+    #[test]
+    fn i26_local_nix_provenance_is_recorded_by_pathinfo_cid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let info = plain_pathinfo("/nix/store/00000000000000000000000000000000-x");
+        let (cid, _) = info.to_block().expect("encode");
+        let mut other = info.clone();
+        other.nar_size = 128;
+        let (other_cid, _) = other.to_block().expect("encode");
+        assert!(!is_from_local_nix(&store, &cid).expect("read"));
+        let mut session = store.session();
+        stage_local_nix(&mut session, &cid, &info.store_path);
+        session.finish(None).expect("commit");
+        assert!(is_from_local_nix(&store, &cid).expect("read"));
+        // Same store path, other metadata: not vouched for.
+        assert!(!is_from_local_nix(&store, &other_cid).expect("read"));
+        record_local_nix(&store, &other_cid, &other.store_path).expect("record");
+        assert!(is_from_local_nix(&store, &other_cid).expect("read"));
+        // A session dropped unfinished records nothing.
+        let third = plain_pathinfo("/nix/store/11111111111111111111111111111111-y");
+        let (third_cid, _) = third.to_block().expect("encode");
+        let mut dropped = store.session();
+        stage_local_nix(&mut dropped, &third_cid, &third.store_path);
+        drop(dropped);
+        assert!(!is_from_local_nix(&store, &third_cid).expect("read"));
     }
 }
