@@ -14,6 +14,7 @@ pub mod narinfo;
 pub mod nixstore;
 pub mod path_index;
 pub mod pathinfo;
+pub mod swhid;
 
 pub use ca::{ContentAddress, FileIngestion};
 pub use export::{export_dir, export_nar, load_pathinfo, ExportError};

@@ -956,6 +956,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fetcher_is_shareable_across_threads() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Fetcher>();
+        shareable::<FetchConfig>();
+    }
+
+    #[test]
     fn content_range_parsing() {
         let mut headers = HeaderMap::new();
         let mut with = |value: &str| {

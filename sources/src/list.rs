@@ -69,6 +69,9 @@ pub struct EntryStatus {
     /// The stored source's path-info (only when `ok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Cid>,
+    /// Path-infos of the same source under its other store-path names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<Cid>,
     /// Unix seconds of the last attempt.
     pub attempted: u64,
 }
@@ -202,6 +205,7 @@ mod tests {
             urls: vec![format!("http://127.0.0.1/{index}.tar.gz")],
             store_path: None,
             source: ok.then(|| cid_for(DAG_CBOR, &index.to_be_bytes())),
+            aliases: Vec::new(),
             attempted: 1,
         }
     }

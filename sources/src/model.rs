@@ -177,13 +177,18 @@ pub enum SkipReason {
     UnsupportedType,
     /// A `url` entry none of whose URLs is `http://` or `https://`.
     UnsupportedScheme,
+    /// A `url` entry whose published hash is the empty string (nixpkgs-swh
+    /// writes that when it cannot convert a derivation's hash to SRI).
+    EmptyHash,
 }
 
 impl SkipReason {
     /// The status name `ipnix sources status` reports.
     pub fn as_str(self) -> &'static str {
         match self {
-            SkipReason::UnsupportedType | SkipReason::UnsupportedScheme => "unsupported",
+            SkipReason::UnsupportedType
+            | SkipReason::UnsupportedScheme
+            | SkipReason::EmptyHash => "unsupported",
         }
     }
 }
@@ -403,7 +408,16 @@ fn convert_entry(value: Value) -> Result<EntryKind, EntryError> {
             urls.push(url.clone());
         }
     }
-    let hash = expected_hash(&fields)?;
+    let hash = match expected_hash(&fields) {
+        Err(EntryError::MissingHash) if is_empty_string(fields.get("integrity")) => {
+            return Ok(EntryKind::Skipped(Skip {
+                source_type: source_type.to_owned(),
+                reason: SkipReason::EmptyHash,
+                detail: "the published hash is empty".to_owned(),
+            }));
+        }
+        other => other?,
+    };
     let mode = match optional_string(&fields, "outputHashMode")? {
         None | Some("") | Some("flat") => FileIngestion::Flat,
         Some("recursive") => FileIngestion::Recursive,
@@ -444,6 +458,10 @@ fn convert_entry(value: Value) -> Result<EntryKind, EntryError> {
         post_fetch: is_set(fields.get("postFetch")),
         submodule: is_set(fields.get("submodule")),
     }))
+}
+
+fn is_empty_string(value: Option<&Value>) -> bool {
+    matches!(value, Some(Value::String(s)) if s.is_empty())
 }
 
 /// A flag-like field: `true`, or a non-empty string (a `postFetch` script).

@@ -215,6 +215,7 @@ pub fn pin_list(
                             urls: Vec::new(),
                             store_path: None,
                             source: None,
+                            aliases: Vec::new(),
                             attempted: now(),
                         },
                         fetched_bytes: 0,
@@ -364,17 +365,23 @@ fn pin_one(
         urls: source.urls.iter().take(MAX_URLS_KEPT).cloned().collect(),
         store_path: None,
         source: None,
+        aliases: Vec::new(),
         attempted: now(),
     };
     let mut fetched_bytes = 0;
     match store_source(store, fetcher, config, source, progress, &mut fetched_bytes) {
         Ok(record) => {
-            let cid = record.pathinfo_cid();
-            if let Some(cid) = cid {
-                holder
-                    .lock()
-                    .expect("holder lock is never poisoned")
-                    .temp_pin(cid);
+            let mut cids = record
+                .paths
+                .iter()
+                .filter_map(|p| Cid::try_from(p.pathinfo.as_str()).ok());
+            let cid = cids.next();
+            status.aliases = cids.collect();
+            {
+                let mut holder = holder.lock().expect("holder lock is never poisoned");
+                for held in cid.iter().chain(&status.aliases) {
+                    holder.temp_pin(*held);
+                }
             }
             status.size = Some(record.size);
             status.source = cid;
@@ -404,6 +411,12 @@ fn store_source(
     fetched_bytes: &mut u64,
 ) -> Result<SourceRecord, Failure> {
     let store_err = |e: &dyn std::fmt::Display| Failure::new("io", e);
+    if source.hash.algo() == HashAlgo::Md5 {
+        return Err(Failure::new(
+            "unsupported",
+            "md5 hashes are not checked here (Nix itself no longer accepts them for new paths)",
+        ));
+    }
     if let Some(record) = index::get(store, source.mode, &source.hash).map_err(|e| store_err(&e))? {
         if is_present(store, &record).map_err(|e| store_err(&e))? {
             return Ok(record);

@@ -46,7 +46,7 @@
 //! destination (fetchzip's behaviour, while `nix-prefetch-url --unpack`
 //! would hash the file itself).
 
-use ipnix_bridge::nar::{check_name, check_target, NameError, MAX_TARGET_LEN};
+use ipnix_bridge::nar::{check_name, check_target, NameError, MAX_DEPTH, MAX_TARGET_LEN};
 use std::cell::Cell;
 use std::fmt;
 use std::fs::{self, File};
@@ -630,6 +630,14 @@ impl Extractor<'_> {
             why,
         };
         let components = split_name(name).map_err(unsafe_entry)?;
+        if components.len() > MAX_DEPTH {
+            // A NAR (and Nix) cannot hold it; refused before any mkdir.
+            return Err(UnpackError::Unsupported {
+                what: format!("path nested deeper than {MAX_DEPTH} directories"),
+                entry: Some(lossy(name)),
+                at: Some(at),
+            });
+        }
         let Some((last, parents)) = components.split_last() else {
             return match node {
                 Node::Directory => Ok(()),

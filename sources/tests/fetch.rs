@@ -673,7 +673,7 @@ fn at_most_per_host_requests_in_flight_across_threads() {
             w.write_all(last)
         })
     };
-    let fetcher = fetcher(config().with_per_host(3));
+    let fetcher = fetcher(config().with_per_host(2));
     let threads: Vec<_> = (0..6)
         .map(|i| {
             let fetcher = fetcher.clone();
@@ -798,4 +798,46 @@ fn proxy_env_child() {
     assert_eq!(sink, b"via proxy: http://sources.invalid/x.tar.gz");
     assert_eq!(proxy.requests().len(), 1);
     println!("proxy child ok");
+}
+
+/// A sink that fails like a full disk.
+struct FullDisk;
+
+impl Write for FullDisk {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for FullDisk {
+    fn reset(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn a_failing_sink_stops_the_fetch_without_trying_other_mirrors() {
+    let data = body();
+    let first = file_server(Arc::clone(&data));
+    let second = file_server(Arc::clone(&data));
+    let error = fetcher(config())
+        .fetch(&urls(&[first.url("/f"), second.url("/f")]), &mut FullDisk)
+        .expect_err("disk full");
+    assert!(matches!(error, FetchError::Sink { .. }), "{error}");
+    assert_eq!(error.kind(), FailureKind::Io);
+    assert_eq!(error.url(), Some(first.url("/f").as_str()));
+    assert_eq!(first.requests().len(), 1, "not retried");
+    assert_eq!(
+        second.requests().len(),
+        0,
+        "a local failure is not a mirror's"
+    );
 }

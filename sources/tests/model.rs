@@ -432,10 +432,6 @@ fn malformed_files_are_one_error() {
             matches!(e, EntryError::MissingHash)
         }),
         (
-            r#"{"type":"url","urls":["https://h/a"],"integrity":""}"#,
-            |e| matches!(e, EntryError::MissingHash),
-        ),
-        (
             r#"{"type":"url","urls":["https://h/a"],"integrity":"sha256-short"}"#,
             |e| {
                 matches!(
@@ -735,4 +731,41 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = SourcesFile::parse(&bytes);
     }
+}
+
+/// The generator writes what the derivation had: `null` where an attribute
+/// was null (`outputHashAlgo` of an SRI hash, no `outputHashMode`).
+#[test]
+fn null_fields_count_as_absent() {
+    let json = format!(
+        r#"{{"version":1,"revision":null,"sources":[{{"type":"url","urls":["https://h/x-1.tgz"],
+            "integrity":"{HELLO_SRI}","outputHashAlgo":null,"outputHashMode":null,
+            "nixStorePath":null,"postFetch":null,"submodule":null}}]}}"#
+    );
+    let file = SourcesFile::parse(json.as_bytes()).expect("parses");
+    let source = url_source(&file, 0);
+    assert_eq!(source.hash, hello());
+    assert_eq!(source.mode, FileIngestion::Flat);
+    assert_eq!(source.store_path, None);
+    assert!(!source.post_fetch && !source.submodule);
+    assert_eq!(source.names(), ["x-1.tgz"]);
+}
+
+#[test]
+fn an_empty_published_hash_skips_the_entry_not_the_file() {
+    // nixpkgs-swh's post-processing writes `"integrity": ""` when it cannot
+    // convert a derivation's hash; the rest of the list is still usable.
+    let text = r#"{"version":1,"sources":[
+        {"type":"url","urls":["https://h/a.tar.gz"],"integrity":""},
+        {"type":"url","urls":["https://h/b.tar.gz"],
+         "integrity":"sha256-MeBmE3qWJnbon2nRtlOC3pWn732RS4y5VvQepy4PUWs="}]}"#;
+    let file = SourcesFile::parse(text.as_bytes()).expect("parses");
+    match &file.entries[0].kind {
+        EntryKind::Skipped(skip) => {
+            assert_eq!(skip.reason, SkipReason::EmptyHash);
+            assert_eq!(skip.reason.as_str(), "unsupported");
+        }
+        other => panic!("empty hash: {other:?}"),
+    }
+    assert!(matches!(file.entries[1].kind, EntryKind::Url(_)));
 }
