@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod net;
 pub mod pathinfo;
 pub mod repo;
+pub mod sourceshare;

@@ -74,6 +74,86 @@ pub enum Command {
     /// Nix store paths as git-tree DAGs
     #[command(subcommand)]
     Nix(NixCommand),
+    /// Source tarballs by content: pin nixpkgs' sources.json, serve them to Nix
+    #[command(subcommand)]
+    Sources(SourcesCommand),
+    /// Software Heritage identifiers
+    #[command(subcommand)]
+    Swh(SwhCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwhCommand {
+    /// Print the SWHID of a file or directory on disk (as `swh identify` does)
+    #[command(after_help = "Example: ipnix swh id ./hello-2.10")]
+    Id {
+        /// Files or directories
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// Fetch, verify and pin every entry of a nixpkgs sources.json (file or URL)
+    #[command(after_help = "Example: ipnix sources pin sources.json --name nixpkgs-unstable --jobs 8")]
+    Pin {
+        /// sources.json: a path or an http(s) URL
+        file: String,
+        /// Pin name (default nixpkgs-<revision>)
+        #[arg(long)]
+        name: Option<String>,
+        /// Entries fetched at once
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        /// Take entries whose fixed-output path is in the local Nix store from there first
+        #[arg(long)]
+        from_store: bool,
+        /// Largest source accepted, in bytes (default 8 GiB)
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+        /// Also trust this CA certificate (PEM) for HTTPS
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+    },
+    /// Pin one source by hand: from URLs (mirrors, in order) or a local file
+    #[command(after_help = "Example: ipnix sources add https://example.org/x-1.0.tar.gz --hash sha256-...")]
+    Add {
+        /// Where to download it (alternatives for the same bytes)
+        urls: Vec<String>,
+        /// Take the bytes from this file instead of downloading
+        #[arg(long, value_name = "PATH", conflicts_with = "urls")]
+        file: Option<PathBuf>,
+        /// Expected hash: SRI (sha256-...) or algo:digest
+        #[arg(long)]
+        hash: String,
+        /// The hash is of the unpacked tree (fetchzip), not of the file
+        #[arg(long)]
+        unpack: bool,
+        /// List to add it to (default "added")
+        #[arg(long)]
+        name: Option<String>,
+        /// Also trust this CA certificate (PEM) for HTTPS
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+    },
+    /// Counts per pinned list: ok, failed by reason, skipped, bytes, last attempt
+    Status { name: Option<String> },
+    /// One line per entry: hash, size, status, first URL, CID, store path
+    Ls { name: Option<String> },
+    /// Write a source by its hash (SRI, algo:digest or hex), verified
+    #[command(after_help = "Example: ipnix sources get sha256-MeBmE3qW... -o hello-2.10.tar.gz")]
+    Get {
+        hash: String,
+        /// Where to write it (must not exist)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Also trust this CA certificate (PEM) for HTTPS
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+    },
+    /// Remove a list's pin (then `ipnix gc` frees what nothing else pins)
+    Unpin { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +161,7 @@ pub struct DaemonArgs {
     /// libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/4801 and /ip4/0.0.0.0/udp/4801/quic-v1)
     #[arg(long = "listen", value_name = "MULTIADDR")]
     pub listen: Vec<String>,
-    /// HTTP address for the API, gateway, Nix binary cache and metrics
+    /// HTTP address for the gateway, Nix binary cache and metrics, and for the control API when it is loopback
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4880")]
     pub http: String,
     /// Do not discover LAN peers with mDNS
@@ -99,12 +179,24 @@ pub struct DaemonArgs {
     /// Sign narinfos served by the binary cache with this Nix secret key (name:base64)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
-    /// How long a narinfo this node lacks waits for peers to answer, in milliseconds
+    /// How long a narinfo or hashed-mirror request this node cannot answer waits for peers, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub peer_timeout: u64,
     /// How long one block may take to arrive from peers before a read (cat, get, gateway, binary cache) fails, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub fetch_timeout: u64,
+    /// Control API address, loopback only (default: the --http listener when that is loopback, else 127.0.0.1 on a free port; the repo's `api` file names it)
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Also sign (--sign-key) paths whose upstream signature verifies against one of these keys (name:base64, as Nix's trusted-public-keys; space-separated or repeated)
+    #[arg(long = "trusted-public-keys", value_name = "KEY", num_args = 1.., value_delimiter = ' ')]
+    pub trusted_public_keys: Vec<String>,
+    /// Read more such keys from a file (whitespace-separated; `#` starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub trusted_public_keys_file: Option<PathBuf>,
+    /// Tell peers which Nix store paths this node holds (/ipnix/pathinfo/1.0.0 answers, DHT announcements); always on with --swarm-key
+    #[arg(long)]
+    pub share_paths: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +258,10 @@ pub enum PinCommand {
 pub enum RepoCommand {
     /// Blocks, bytes and disk use
     Stat,
+    /// Check the whole repo: every block against its CID, every pin's DAG
+    /// complete, the block index against the pack files, running totals and
+    /// the nix-path index; exits non-zero on any inconsistency
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,8 @@
 //! `/ipnix/pathinfo/1.0.0`: asking peers "which path-info CID do you have for
 //! store-path hash H?", and the DHT key under which holders of H announce
-//! themselves.
+//! themselves. Also the shape every ipnix ask protocol shares ([`Question`],
+//! [`Codec`], [`Response`], [`ask_behaviour`]): `/ipnix/source/1.0.0`
+//! ([`crate::sourceshare`]) asks the same way with another question.
 //!
 //! Wire format (one request and one response per stream, as libp2p's
 //! request-response does it): the request is the 32 nix32 characters of the
@@ -20,6 +22,7 @@ use ipnix_store::block::{cid_for, DAG_CBOR, MAX_CID_BYTES, RAW};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::StreamProtocol;
 use std::io;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 /// The protocol id.
@@ -39,8 +42,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONCURRENT_STREAMS: usize = 64;
 
 /// What a peer asked or answered.
-pub type Behaviour = request_response::Behaviour<Codec>;
+pub type Behaviour = request_response::Behaviour<Codec<Request>>;
 pub type Event = request_response::Event<Request, Response>;
+
+/// The question of an ask protocol: a short message with a hard size cap,
+/// parsed (and so checked) before anything looks it up.
+pub trait Question: Sized + Send + 'static {
+    /// The longest request body; longer is not a request.
+    const MAX_BYTES: usize;
+    /// Parses a request body.
+    fn parse(data: &[u8]) -> Result<Self, String>;
+    /// The request body.
+    fn to_wire(&self) -> Vec<u8>;
+}
 
 /// "Which path-info do you have for this store-path hash part?"
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +68,31 @@ pub struct Response {
     pub pathinfo: Option<Cid>,
 }
 
+impl Question for Request {
+    const MAX_BYTES: usize = MAX_REQUEST_BYTES;
+
+    fn parse(data: &[u8]) -> Result<Self, String> {
+        parse_request(data)
+    }
+
+    fn to_wire(&self) -> Vec<u8> {
+        self.hash_part.as_bytes().to_vec()
+    }
+}
+
 /// The request-response behaviour for this protocol, asking and answering.
 pub fn behaviour() -> Behaviour {
+    ask_behaviour(PROTOCOL)
+}
+
+/// A request-response behaviour for an ask protocol whose answer is a
+/// path-info CID: this protocol's bounds and timeouts, asking and answering.
+pub fn ask_behaviour<Q: Question>(
+    protocol: StreamProtocol,
+) -> request_response::Behaviour<Codec<Q>> {
     request_response::Behaviour::with_codec(
-        Codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
+        Codec::default(),
+        [(protocol, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
@@ -106,6 +140,10 @@ pub fn parse_response(data: &[u8]) -> Result<Response, String> {
         return Ok(Response { pathinfo: None });
     }
     let cid = Cid::try_from(data).map_err(|e| format!("not a CID: {e}"))?;
+    // `Cid::try_from` ignores bytes after the CID.
+    if cid.encoded_len() != data.len() {
+        return Err("trailing bytes after the CID".into());
+    }
     if cid.codec() != DAG_CBOR {
         return Err(format!("{cid} is not dag-cbor, so not a path-info"));
     }
@@ -114,21 +152,41 @@ pub fn parse_response(data: &[u8]) -> Result<Response, String> {
     })
 }
 
-/// The codec of [`PROTOCOL`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+/// The codec of an ask protocol with question `Q` (for [`PROTOCOL`]:
+/// [`Request`]); the answer is always a [`Response`].
+pub struct Codec<Q>(PhantomData<fn() -> Q>);
 
-impl request_response::Codec for Codec {
+impl<Q> Default for Codec<Q> {
+    fn default() -> Self {
+        Codec(PhantomData)
+    }
+}
+
+impl<Q> Clone for Codec<Q> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Q> Copy for Codec<Q> {}
+
+impl<Q> std::fmt::Debug for Codec<Q> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Codec")
+    }
+}
+
+impl<Q: Question> request_response::Codec for Codec<Q> {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = Q;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Q>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let data = read_capped(io, MAX_REQUEST_BYTES).await?;
-        parse_request(&data).map_err(invalid)
+        let data = read_capped(io, Q::MAX_BYTES).await?;
+        Q::parse(&data).map_err(invalid)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -143,12 +201,12 @@ impl request_response::Codec for Codec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: Request,
+        request: Q,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(request.hash_part.as_bytes()).await?;
+        io.write_all(&request.to_wire()).await?;
         io.close().await
     }
 
@@ -177,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_and_response_round_trip() {
-        let mut codec = Codec;
+        let mut codec = Codec::<Request>::default();
         let mut wire = Vec::new();
         codec
             .write_request(
@@ -216,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_and_malformed_messages_are_refused() {
-        let mut codec = Codec;
+        let mut codec = Codec::<Request>::default();
         let long = vec![b'a'; 4096];
         assert!(codec
             .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&long))

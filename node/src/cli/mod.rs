@@ -1,6 +1,7 @@
 //! Command dispatch: decides where a command runs (this process or the
-//! daemon), builds the context commands run in, and turns errors into one
-//! clear line on stderr and a non-zero exit code.
+//! daemon, waiting for a daemon that is starting rather than running beside
+//! it), builds the context commands run in, and turns errors into one clear
+//! line on stderr and a non-zero exit code.
 
 mod daemon;
 mod files;
@@ -8,6 +9,7 @@ mod network;
 mod nix;
 mod progress;
 mod remote;
+mod sources;
 mod store;
 
 use crate::{Cli, Command};
@@ -19,6 +21,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What a command runs against.
 pub struct Ctx {
@@ -160,23 +163,28 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
         _ => {}
     }
     let repo = Repo::open_or_init(&root)?;
-    if let Some(url) = repo.read_api() {
-        let forwarded: Vec<String> = args
-            .iter()
-            .skip(1)
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        if let Some(code) = remote::run(&url, forwarded, &cli.command)? {
-            return Ok(code);
+    let forwarded: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let store = match where_to_run(&repo, forwarded, &cli.command)? {
+        Place::Ran(code) => return Ok(code),
+        Place::Offline(store) => store,
+        Place::OfflineWithoutStore => {
+            // `id` only reads the identity: no store lock, so it never gets
+            // in the way of a daemon starting beside it.
+            let peer = repo.identity()?.public().to_peer_id();
+            let stdout = std::io::stdout();
+            let mut stdout = stdout.lock();
+            network::print_id(&mut stdout, cli.json, &peer, &[])?;
+            stdout.flush().context("cannot write to stdout")?;
+            return Ok(0);
         }
-        // Nobody answered: a daemon that died without cleaning up.
-        repo.remove_api();
-    }
-    let store = Store::open(&repo.store_dir())
-        .with_context(|| format!("cannot open the store of repo {}", repo.root().display()))?;
+    };
     let ctx = Ctx {
         repo,
-        store: Arc::new(store),
+        store,
         node: None,
         runtime: None,
         json: cli.json,
@@ -196,6 +204,77 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
     execute(&ctx, cli.command, &mut io)?;
     stdout.flush().context("cannot write to stdout")?;
     Ok(0)
+}
+
+/// How long a command waits for a daemon that is starting (or stopping) on
+/// its repo before it gives up. The daemon itself may wait 30 s for the store.
+const DAEMON_WAIT: Duration = Duration::from_secs(60);
+/// A wait shorter than this is not worth a line on stderr.
+const QUIET_WAIT: Duration = Duration::from_secs(2);
+
+/// Where a command runs.
+enum Place {
+    /// In the daemon, which returned this exit code.
+    Ran(i32),
+    /// In this process, on the store it opened.
+    Offline(Arc<Store>),
+    /// In this process, needing no store (`id`).
+    OfflineWithoutStore,
+}
+
+/// Runs the command in the repo's daemon if one is alive, waiting for one
+/// that is starting to open its control API (instead of running beside it);
+/// otherwise opens the store for an offline run.
+fn where_to_run(repo: &Repo, forwarded: Vec<String>, command: &Command) -> anyhow::Result<Place> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let api = repo.read_api();
+        if let Some(url) = &api {
+            if let Some(code) = remote::run(repo, url, forwarded.clone(), command)? {
+                return Ok(Place::Ran(code));
+            }
+        }
+        if let Some(daemon) = repo.live_daemon() {
+            // Starting (no API yet) or stopping: the store is the daemon's.
+            let waited = started.elapsed();
+            if waited >= DAEMON_WAIT {
+                anyhow::bail!(
+                    "{daemon} on repo {} has not opened its control API in {} s; stop it or try again",
+                    repo.root().display(),
+                    DAEMON_WAIT.as_secs()
+                );
+            }
+            if !said && waited >= QUIET_WAIT {
+                eprintln!(
+                    "ipnix: waiting for {daemon} on repo {} to open its control API",
+                    repo.root().display()
+                );
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if api.is_some() {
+            // Nobody answered and no daemon is alive: one died without cleaning up.
+            repo.remove_api();
+            repo.remove_api_token();
+        }
+        if matches!(command, Command::Id) {
+            return Ok(Place::OfflineWithoutStore);
+        }
+        match Store::open(&repo.store_dir()) {
+            Ok(store) => return Ok(Place::Offline(Arc::new(store))),
+            // A daemon started between the look and the open: use it.
+            Err(ipnix_store::StoreError::Locked { .. }) if repo.live_daemon().is_some() => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot open the store of repo {}",
+                    repo.root().display()
+                )))
+            }
+        }
+    }
 }
 
 /// Runs one parsed command; shared by the in-process path and the daemon.
@@ -218,6 +297,8 @@ pub fn execute(ctx: &Ctx, command: Command, io: &mut Io<'_>) -> anyhow::Result<(
         Command::Provide { cid } => network::provide(ctx, &cid, io),
         Command::Findprovs { cid, num } => network::findprovs(ctx, &cid, num, io),
         Command::Nix(cmd) => nix::run(ctx, cmd, io),
+        Command::Sources(cmd) => sources::run(ctx, cmd, io),
+        Command::Swh(cmd) => sources::swh(ctx, cmd, io),
     }
 }
 

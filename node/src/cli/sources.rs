@@ -4,7 +4,7 @@
 //! into lines or JSON.
 
 use super::{print_json, Ctx, Io};
-use crate::SourcesCommand;
+use crate::{SourcesCommand, SwhCommand};
 use anyhow::Context as _;
 use ipnix_bridge::{FileIngestion, NixHash};
 use ipnix_sources::fetch::{FetchConfig, Fetcher, Sink};
@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, command: SourcesCommand, io: &mut Io<'_>) -> anyhow::Resul
             cacert,
         } => {
             let bytes = read_list(ctx, &file, cacert.as_deref())?;
-            let parsed = SourcesFile::parse(&bytes).with_context(|| format!("{file}"))?;
+            let parsed = SourcesFile::parse(&bytes).with_context(|| file.clone())?;
             let name = name.unwrap_or_else(|| pin::default_name(&parsed));
             let config = pin_config(ctx, jobs, from_store, max_bytes, cacert.as_deref());
             let report = run_pin(ctx, &parsed, &name, Vec::new(), &config)?;
@@ -410,6 +410,7 @@ fn ls_line(ctx: &Ctx, io: &mut Io<'_>, list: &str, e: &EntryStatus) -> anyhow::R
                 "size": e.size, "status": e.status, "reason": e.reason, "detail": e.detail,
                 "got": e.got, "url": e.urls.first(), "urls": e.urls,
                 "cid": e.source.map(|c| c.to_string()), "store_path": e.store_path,
+                "swhid": e.source.as_ref().and_then(|c| source_swhid(ctx, c)),
             }),
         );
     }
@@ -583,4 +584,35 @@ fn write_verified(
     temp.persist_noclobber(output)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {}", output.display(), e.error))?;
     Ok(())
+}
+
+/// `ipnix swh ...`.
+pub fn swh(ctx: &Ctx, command: SwhCommand, io: &mut Io<'_>) -> anyhow::Result<()> {
+    match command {
+        SwhCommand::Id { paths } => {
+            for path in paths {
+                // Like `swh identify`, a symlink named on the command line is followed.
+                let full = std::fs::canonicalize(ctx.path(&path))
+                    .with_context(|| format!("{}", path.display()))?;
+                let swhid = ipnix_bridge::swhid::of_path(&full)
+                    .with_context(|| format!("{}", path.display()))?;
+                if ctx.json {
+                    print_json(
+                        io.stdout,
+                        &serde_json::json!({"path": path, "swhid": swhid}),
+                    )?;
+                } else {
+                    writeln!(io.stdout, "{swhid}\t{}", path.display())?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The SWHID of a stored source's content (`swh:1:cnt:` for a file,
+/// `swh:1:dir:` for an unpacked tree).
+fn source_swhid(ctx: &Ctx, pathinfo: &cid::Cid) -> Option<String> {
+    let info = ipnix_bridge::load_pathinfo(&ctx.store, pathinfo).ok()?;
+    ipnix_bridge::swhid::of_pathinfo(&info).ok()
 }

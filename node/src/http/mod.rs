@@ -1,9 +1,12 @@
-//! The daemon's HTTP surfaces, assembled into one axum router: the control
-//! API (loopback clients only), the trustless gateway, the Nix binary cache
-//! and `/metrics`.
+//! The daemon's HTTP surfaces, assembled into two axum routers: the public
+//! one (trustless gateway, Nix binary cache, hashed mirror, `/metrics`), which may face a
+//! LAN, and the control API (loopback clients holding the repo's token only),
+//! which the daemon serves on a loopback listener: the public listener's when
+//! that is loopback, its own otherwise.
 
 pub mod api;
 pub mod gateway;
+pub mod mirror;
 pub mod nixcache;
 
 use crate::net::NodeHandle;
@@ -20,28 +23,45 @@ pub struct HttpState {
     pub runner: Arc<dyn api::CommandRunner>,
     /// Extra signature for narinfos the binary cache serves.
     pub sign_key: Option<Arc<ipnix_bridge::narinfo::SecretKey>>,
+    /// Upstream keys whose signature earns a path the node's own (I-26).
+    pub trusted_keys: Vec<ipnix_bridge::narinfo::PublicKey>,
     /// How long the binary cache waits for peers to answer a narinfo it lacks.
     pub peer_timeout: std::time::Duration,
     /// How long one block may take from peers.
     pub fetch_timeout: std::time::Duration,
 }
 
-/// One router for all surfaces.
-pub fn router(state: HttpState) -> Router {
+/// The daemon's routers: what any listener may serve, and the control API.
+pub struct Routers {
+    /// Gateway, binary cache and metrics; no `/api/` route.
+    pub public: Router,
+    /// The control API, every route behind [`api::Access`].
+    pub control: Router,
+}
+
+/// Builds both routers; `access` guards the control API.
+pub fn routers(state: HttpState, access: api::Access) -> Routers {
     let mut gateway_state = gateway::GatewayState::new(state.store.clone(), state.node.clone());
     gateway_state.fetch_timeout = state.fetch_timeout;
     let gateway = gateway::router(gateway_state);
     let nixcache = nixcache::router(
         nixcache::NixCacheState::new(state.store.clone(), state.node.clone(), state.sign_key)
             .with_peer_timeout(state.peer_timeout)
+            .with_trusted_keys(state.trusted_keys)
             .with_fetch_timeout(state.fetch_timeout),
     );
+    let mirror = mirror::router(mirror::MirrorState {
+        store: state.store.clone(),
+        node: state.node.clone(),
+        peers: crate::sourceshare::FindConfig::new(state.peer_timeout)
+            .with_fetch_timeout(state.fetch_timeout),
+    });
     let metrics = crate::metrics::router(crate::metrics::MetricsState {
         store: state.store,
         node: state.node,
     });
-    api::router(state.runner)
-        .merge(gateway)
-        .merge(nixcache)
-        .merge(metrics)
+    Routers {
+        public: gateway.merge(nixcache).merge(metrics).merge(mirror),
+        control: api::router(state.runner, access),
+    }
 }

@@ -1,7 +1,7 @@
 //! The composed `NetworkBehaviour`: what each protocol is configured with.
 
 use super::{NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL, MAX_KAD_PACKET};
-use crate::{bitswap, pathinfo};
+use crate::{bitswap, pathinfo, sourceshare};
 use ipnix_store::Store;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
@@ -28,6 +28,7 @@ pub(crate) struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub bitswap: bitswap::Behaviour,
     pub pathinfo: pathinfo::Behaviour,
+    pub source: sourceshare::Behaviour,
 }
 
 /// The agent string identify sends: `ipnix/<crate version>`.
@@ -76,6 +77,7 @@ impl Behaviour {
             mdns: mdns.into(),
             bitswap: bitswap::Behaviour::new(config.bitswap.clone(), store),
             pathinfo: pathinfo::behaviour(),
+            source: sourceshare::behaviour(),
         })
     }
 }

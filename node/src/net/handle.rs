@@ -6,6 +6,7 @@ use crate::bitswap::StatsSnapshot;
 use bytes::Bytes;
 use cid::Cid;
 use futures::future::Either;
+use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,6 +67,15 @@ pub(crate) enum Command {
         hash_part: String,
         /// `None`: every connected peer.
         peers: Option<Vec<PeerId>>,
+        deadline: Instant,
+        reply: Reply<Option<(PeerId, Cid)>>,
+    },
+    AskSource {
+        request: crate::sourceshare::Request,
+        /// `None`: every connected peer.
+        peers: Option<Vec<PeerId>>,
+        /// Peers not to ask (their answer was refused before).
+        exclude: Vec<PeerId>,
         deadline: Instant,
         reply: Reply<Option<(PeerId, Cid)>>,
     },
@@ -151,24 +161,71 @@ impl NodeHandle {
         hash_part: &str,
         timeout: Duration,
     ) -> Result<Option<(PeerId, Cid)>, NetError> {
+        let key = crate::pathinfo::provider_cid(hash_part);
+        Ok(self
+            .first_answer(key, timeout, |peers, deadline| {
+                self.ask_pathinfo(hash_part, peers, deadline)
+            })
+            .await)
+    }
+
+    /// Asks peers over `/ipnix/source/1.0.0` which path-info holds the
+    /// source `request` names: connected peers at once and, in parallel,
+    /// providers of its DHT key; never the peers in `exclude`. The first peer
+    /// that names one wins; `None` when nobody did within `timeout`. The CID
+    /// is only a pointer: [`find_source`](Self::find_source) fetches and
+    /// verifies what it names.
+    pub async fn ask_source(
+        &self,
+        request: &crate::sourceshare::Request,
+        exclude: &[PeerId],
+        timeout: Duration,
+    ) -> Result<Option<(PeerId, Cid)>, NetError> {
+        let key = crate::sourceshare::provider_cid(request);
+        Ok(self
+            .first_answer(key, timeout, |peers, deadline| {
+                self.ask(move |reply| Command::AskSource {
+                    request: request.clone(),
+                    peers,
+                    exclude: exclude.to_vec(),
+                    deadline,
+                    reply,
+                })
+            })
+            .await)
+    }
+
+    /// Runs `ask` on the connected peers (`None`) and, in parallel, on the
+    /// DHT providers of `key` once they are found and connected; the first
+    /// positive answer wins, `None` when there was none within `timeout`.
+    async fn first_answer<Ask, Asked>(
+        &self,
+        key: Cid,
+        timeout: Duration,
+        ask: Ask,
+    ) -> Option<(PeerId, Cid)>
+    where
+        Ask: Fn(Option<Vec<PeerId>>, Instant) -> Asked,
+        Asked: Future<Output = Result<Result<Option<(PeerId, Cid)>, NetError>, NetError>>,
+    {
         let deadline = Instant::now() + timeout;
         let connected = async {
-            match self.ask_pathinfo(hash_part, None, deadline).await {
+            match ask(None, deadline).await.and_then(|answer| answer) {
                 Ok(found) => found,
                 Err(e) => {
-                    tracing::debug!("asking connected peers for {hash_part}: {e}");
+                    tracing::debug!("asking connected peers about {key}: {e}");
                     None
                 }
             }
         };
         let via_dht = async {
-            let key = crate::pathinfo::provider_cid(hash_part);
             let providers = match self.connect_providers(key, 4, timeout).await {
                 Ok(providers) if !providers.is_empty() => providers,
                 _ => return None,
             };
-            self.ask_pathinfo(hash_part, Some(providers), deadline)
+            ask(Some(providers), deadline)
                 .await
+                .and_then(|answer| answer)
                 .ok()
                 .flatten()
         };
@@ -180,9 +237,9 @@ impl NodeHandle {
                 Either::Right((None, other)) => other.await,
             }
         };
-        Ok(tokio::time::timeout(timeout, first_found)
+        tokio::time::timeout(timeout, first_found)
             .await
-            .unwrap_or(None))
+            .unwrap_or(None)
     }
 
     async fn ask_pathinfo(
@@ -190,16 +247,15 @@ impl NodeHandle {
         hash_part: &str,
         peers: Option<Vec<PeerId>>,
         deadline: Instant,
-    ) -> Result<Option<(PeerId, Cid)>, NetError> {
+    ) -> Result<Result<Option<(PeerId, Cid)>, NetError>, NetError> {
         self.ask(|reply| Command::AskPathInfo {
             hash_part: hash_part.to_owned(),
             peers,
             deadline,
             reply,
         })
-        .await?
+        .await
     }
-
     /// Announces pinned roots and held path-infos in the DHT now, rather than
     /// at the next reprovide; returns at once.
     pub fn reprovide(&self) {

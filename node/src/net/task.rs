@@ -6,7 +6,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::handle::{Command, NodeStats, PeerInfo, Reply};
 use super::transport::{self, is_quic};
 use super::{NetConfig, NetError, AMINO_KAD_PROTOCOL, LAN_KAD_PROTOCOL};
-use crate::{bitswap, pathinfo};
+use crate::{bitswap, pathinfo, sourceshare};
 use bytes::Bytes;
 use cid::Cid;
 use futures::StreamExt;
@@ -44,9 +44,10 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PENALTIES: u32 = 8;
 /// Listen addresses kept per identified peer for the DHT.
 const MAX_ADDRS_PER_PEER: usize = 16;
-/// Path-info questions to peers running at once, and peers asked per question.
-const MAX_PATHINFO_ASKS: usize = 256;
-const MAX_PATHINFO_PEERS: usize = 64;
+/// Questions to peers (path-infos and sources) running at once, and peers
+/// asked per question.
+const MAX_PEER_ASKS: usize = 256;
+const MAX_PEERS_PER_ASK: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Dht {
@@ -77,12 +78,34 @@ struct ProviderLookup {
     discovery: bool,
 }
 
-/// One "which path-info has hash H?" sent to several peers; the first
-/// positive answer wins.
-struct PathInfoAsk {
+/// One question ("which path-info has hash H?", "which holds source S?")
+/// sent to several peers; the first positive answer wins.
+struct PeerAsk {
     outstanding: usize,
     deadline: Instant,
     reply: Reply<Option<(PeerId, Cid)>>,
+}
+
+/// A question for peers, with the protocol that carries it.
+enum PeerQuestion {
+    PathInfo(pathinfo::Request),
+    Source(sourceshare::Request),
+}
+
+impl PeerQuestion {
+    fn protocol(&self) -> libp2p::StreamProtocol {
+        match self {
+            PeerQuestion::PathInfo(_) => pathinfo::PROTOCOL,
+            PeerQuestion::Source(_) => sourceshare::PROTOCOL,
+        }
+    }
+}
+
+/// Which ask protocol a request went out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AskProtocol {
+    PathInfo,
+    Source,
 }
 
 struct PendingDial {
@@ -107,6 +130,9 @@ pub(crate) struct SwarmTask {
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     public_dht: bool,
+    /// Answer `/ipnix/pathinfo/1.0.0` and announce store paths
+    /// ([`NetConfig::share_paths`], or a private network).
+    share_paths: bool,
     reprovide_interval: Duration,
     listeners: HashMap<ListenerId, (Multiaddr, bool)>,
     ready: Option<oneshot::Sender<Result<(), NetError>>>,
@@ -127,8 +153,9 @@ pub(crate) struct SwarmTask {
     reprovided_to_peers: bool,
     pins_tx: mpsc::Sender<Vec<Cid>>,
     pins_rx: mpsc::Receiver<Vec<Cid>>,
-    pathinfo_asks: HashMap<u64, PathInfoAsk>,
-    ask_of_request: HashMap<OutboundRequestId, u64>,
+    peer_asks: HashMap<u64, PeerAsk>,
+    /// Request ids count per protocol, so they are kept with theirs.
+    ask_of_request: HashMap<(AskProtocol, OutboundRequestId), u64>,
     next_ask: u64,
 }
 
@@ -168,6 +195,7 @@ impl SwarmTask {
             listen,
             bootstrap: config.bootstrap,
             public_dht: config.public_dht,
+            share_paths: config.share_paths || config.swarm_key.is_some(),
             reprovide_interval: config.reprovide_interval,
             listeners: HashMap::new(),
             ready: None,
@@ -186,7 +214,7 @@ impl SwarmTask {
             reprovided_to_peers: false,
             pins_tx,
             pins_rx,
-            pathinfo_asks: HashMap::new(),
+            peer_asks: HashMap::new(),
             ask_of_request: HashMap::new(),
             next_ask: 0,
         })
@@ -324,7 +352,26 @@ impl SwarmTask {
                 peers,
                 deadline,
                 reply,
-            } => self.ask_pathinfo(hash_part, peers, deadline, reply),
+            } => self.ask_peers(
+                PeerQuestion::PathInfo(pathinfo::Request { hash_part }),
+                peers,
+                &[],
+                deadline,
+                reply,
+            ),
+            Command::AskSource {
+                request,
+                peers,
+                exclude,
+                deadline,
+                reply,
+            } => self.ask_peers(
+                PeerQuestion::Source(request),
+                peers,
+                &exclude,
+                deadline,
+                reply,
+            ),
             Command::Reprovide => self.load_pins(),
             Command::NewBlocks(cids) => {
                 self.swarm.behaviour_mut().bitswap.notify_new_blocks(&cids);
@@ -542,18 +589,18 @@ impl SwarmTask {
         }
 
         let expired: Vec<u64> = self
-            .pathinfo_asks
+            .peer_asks
             .iter()
             .filter(|(_, a)| a.deadline <= now || a.reply.is_closed())
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(ask) = self.pathinfo_asks.remove(&id) {
+            if let Some(ask) = self.peer_asks.remove(&id) {
                 let _ = ask.reply.send(Ok(None));
             }
         }
         self.ask_of_request
-            .retain(|_, id| self.pathinfo_asks.contains_key(id));
+            .retain(|_, id| self.peer_asks.contains_key(id));
 
         let expired: Vec<u64> = self
             .lookups
@@ -790,6 +837,7 @@ impl SwarmTask {
         {
             let store = self.store.clone();
             let tx = self.pins_tx.clone();
+            let share_paths = self.share_paths;
             tokio::task::spawn_blocking(move || {
                 let pins = match store.pins() {
                     Ok(pins) => pins,
@@ -797,13 +845,18 @@ impl SwarmTask {
                 };
                 let mut keys: Vec<Cid> = pins.into_iter().map(|p| p.cid).collect();
                 // Holders of a store path's path-info announce it under a key
-                // derived from its hash part, for peers beyond the LAN hop.
-                match store.index_scan(pathinfo::PATH_INDEX) {
-                    Ok(paths) => keys.extend(paths.iter().filter_map(|(hash, _)| {
-                        std::str::from_utf8(hash).ok().map(pathinfo::provider_cid)
-                    })),
-                    Err(e) => tracing::warn!("reprovide: cannot list store paths: {e}"),
+                // derived from its hash part, for peers beyond the LAN hop
+                // (only when they answer for them).
+                if share_paths {
+                    match store.index_scan(pathinfo::PATH_INDEX) {
+                        Ok(paths) => keys.extend(paths.iter().filter_map(|(hash, _)| {
+                            std::str::from_utf8(hash).ok().map(pathinfo::provider_cid)
+                        })),
+                        Err(e) => tracing::warn!("reprovide: cannot list store paths: {e}"),
+                    }
                 }
+                // Sources are public tarballs: always announced (sourceshare).
+                keys.extend(sourceshare::provider_keys(&store));
                 let _ = tx.blocking_send(keys);
             });
         }
@@ -948,6 +1001,7 @@ impl SwarmTask {
             BehaviourEvent::PublicKad(event) => self.on_kad_event(Dht::Public, event),
             BehaviourEvent::Bitswap(event) => self.on_bitswap_event(event),
             BehaviourEvent::Pathinfo(event) => self.on_pathinfo_event(event),
+            BehaviourEvent::Source(event) => self.on_source_event(event),
             _ => {}
         }
     }
@@ -1017,20 +1071,23 @@ impl SwarmTask {
     // ------------------------------------------------------------ path-infos
 
     /// Sends the question to `peers` (default: every connected peer that did
-    /// not say it lacks the protocol); the reply is the first positive answer,
-    /// or `None` once all answered or the deadline passed.
-    fn ask_pathinfo(
+    /// not say it lacks the protocol), never to `exclude`; the reply is the
+    /// first positive answer, or `None` once all answered or the deadline
+    /// passed.
+    fn ask_peers(
         &mut self,
-        hash_part: String,
+        question: PeerQuestion,
         peers: Option<Vec<PeerId>>,
+        exclude: &[PeerId],
         deadline: Instant,
         reply: Reply<Option<(PeerId, Cid)>>,
     ) {
-        if self.pathinfo_asks.len() >= MAX_PATHINFO_ASKS {
-            let _ = reply.send(Err(NetError::Busy(self.pathinfo_asks.len())));
+        if self.peer_asks.len() >= MAX_PEER_ASKS {
+            let _ = reply.send(Err(NetError::Busy(self.peer_asks.len())));
             return;
         }
         let me = self.local_peer_id();
+        let protocol = question.protocol();
         let targets: Vec<PeerId> = match peers {
             Some(peers) => peers.into_iter().filter(|p| *p != me).collect(),
             None => self
@@ -1039,14 +1096,16 @@ impl SwarmTask {
                 .filter(|(_, state)| {
                     // Not yet identified peers are asked too: identify may lag.
                     state.protocols.is_empty()
-                        || state
-                            .protocols
-                            .iter()
-                            .any(|p| p == pathinfo::PROTOCOL.as_ref())
+                        || state.protocols.iter().any(|p| p == protocol.as_ref())
                 })
                 .map(|(peer, _)| *peer)
                 .collect(),
         };
+        let targets: Vec<PeerId> = targets
+            .into_iter()
+            .filter(|p| !exclude.contains(p))
+            .take(MAX_PEERS_PER_ASK)
+            .collect();
         if targets.is_empty() {
             let _ = reply.send(Ok(None));
             return;
@@ -1054,21 +1113,24 @@ impl SwarmTask {
         let id = self.next_ask;
         self.next_ask += 1;
         let mut outstanding = 0;
-        for peer in targets.into_iter().take(MAX_PATHINFO_PEERS) {
-            let request = pathinfo::Request {
-                hash_part: hash_part.clone(),
+        for peer in targets {
+            let behaviour = self.swarm.behaviour_mut();
+            let request_id = match &question {
+                PeerQuestion::PathInfo(request) => (
+                    AskProtocol::PathInfo,
+                    behaviour.pathinfo.send_request(&peer, request.clone()),
+                ),
+                PeerQuestion::Source(request) => (
+                    AskProtocol::Source,
+                    behaviour.source.send_request(&peer, request.clone()),
+                ),
             };
-            let request_id = self
-                .swarm
-                .behaviour_mut()
-                .pathinfo
-                .send_request(&peer, request);
             self.ask_of_request.insert(request_id, id);
             outstanding += 1;
         }
-        self.pathinfo_asks.insert(
+        self.peer_asks.insert(
             id,
-            PathInfoAsk {
+            PeerAsk {
                 outstanding,
                 deadline,
                 reply,
@@ -1077,16 +1139,21 @@ impl SwarmTask {
     }
 
     /// One peer's answer (or failure) to an ask.
-    fn on_pathinfo_answer(&mut self, request: OutboundRequestId, found: Option<(PeerId, Cid)>) {
-        let Some(id) = self.ask_of_request.remove(&request) else {
+    fn on_ask_answer(
+        &mut self,
+        protocol: AskProtocol,
+        request: OutboundRequestId,
+        found: Option<(PeerId, Cid)>,
+    ) {
+        let Some(id) = self.ask_of_request.remove(&(protocol, request)) else {
             return;
         };
-        let Some(ask) = self.pathinfo_asks.get_mut(&id) else {
+        let Some(ask) = self.peer_asks.get_mut(&id) else {
             return;
         };
         ask.outstanding = ask.outstanding.saturating_sub(1);
         if found.is_some() || ask.outstanding == 0 {
-            if let Some(ask) = self.pathinfo_asks.remove(&id) {
+            if let Some(ask) = self.peer_asks.remove(&id) {
                 let _ = ask.reply.send(Ok(found));
             }
         }
@@ -1113,7 +1180,12 @@ impl SwarmTask {
                     },
                 ..
             } => {
-                let found = self.local_pathinfo(&request.hash_part);
+                // Not sharing: "not here", as for a path this node lacks.
+                let found = if self.share_paths {
+                    self.local_pathinfo(&request.hash_part)
+                } else {
+                    None
+                };
                 tracing::debug!("path-info {} asked by {peer}: {found:?}", request.hash_part);
                 let response = pathinfo::Response { pathinfo: found };
                 if self
@@ -1136,7 +1208,7 @@ impl SwarmTask {
                 ..
             } => {
                 let found = response.pathinfo.map(|cid| (peer, cid));
-                self.on_pathinfo_answer(request_id, found);
+                self.on_ask_answer(AskProtocol::PathInfo, request_id, found);
             }
             request_response::Event::OutboundFailure {
                 peer,
@@ -1145,10 +1217,65 @@ impl SwarmTask {
                 ..
             } => {
                 tracing::debug!("path-info question to {peer} failed: {error}");
-                self.on_pathinfo_answer(request_id, None);
+                self.on_ask_answer(AskProtocol::PathInfo, request_id, None);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!("path-info question from {peer} failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    // ------------------------------------------------------------ sources
+
+    /// Answers `/ipnix/source/1.0.0` from the `source` index (always on:
+    /// see [`sourceshare`]) and routes answers to our own questions.
+    fn on_source_event(&mut self, event: sourceshare::Event) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let found = sourceshare::local_answer(&self.store, &request);
+                tracing::debug!("source {} asked by {peer}: {found:?}", request.key());
+                let response = pathinfo::Response { pathinfo: found };
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .source
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("source answer to {peer}: the stream closed");
+                }
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let found = response.pathinfo.map(|cid| (peer, cid));
+                self.on_ask_answer(AskProtocol::Source, request_id, found);
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!("source question to {peer} failed: {error}");
+                self.on_ask_answer(AskProtocol::Source, request_id, None);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("source question from {peer} failed: {error}");
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -1275,7 +1402,7 @@ impl SwarmTask {
                 let _ = reply.send(Err(NetError::Shutdown));
             }
         }
-        for (_, ask) in self.pathinfo_asks.drain() {
+        for (_, ask) in self.peer_asks.drain() {
             let _ = ask.reply.send(Err(NetError::Shutdown));
         }
         for (_, (_, reply)) in self.provide_waits.drain() {
