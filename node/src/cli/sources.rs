@@ -444,10 +444,18 @@ fn get(
         "{} exists; give a new path to -o",
         output.display()
     );
+    let mut urls = Vec::new();
     if let Some(record) = index::find(&ctx.store, &hash)? {
         if let Some(cid) = record.pathinfo_cid() {
-            write_stored(ctx, record.ingestion(), &cid, &hash, output)?;
-            return report_get(ctx, io, &hash, output, "store");
+            // An entry whose blocks GC cleared (an unpinned cache) falls
+            // through to peers and URLs; nothing partial stays at `output`.
+            match write_stored(ctx, record.ingestion(), &cid, &hash, output) {
+                Ok(()) => return report_get(ctx, io, &hash, output, "store"),
+                Err(e) => tracing::warn!("{} in the store is unusable: {e:#}", hash.to_sri()),
+            }
+        }
+        if record.ingestion() == FileIngestion::Flat {
+            urls = record.urls;
         }
     }
     // Inside the daemon: peers, whose answer is verified and indexed here
@@ -471,7 +479,11 @@ fn get(
             Err(e) => tracing::warn!("asking peers for {}: {e}", hash.to_sri()),
         }
     }
-    let urls = recorded_urls(ctx, &hash)?;
+    for url in recorded_urls(ctx, &hash)? {
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
     anyhow::ensure!(
         !urls.is_empty(),
         "no source with hash {} is known here (not pinned, no URL recorded)",
