@@ -31,7 +31,9 @@
 //!
 //! Pack reclamation runs after the fence is released. It never touches the
 //! active pack or a pack a live session holds uncommitted records in (see
-//! [`crate::pack`]); it copies live records to the active pack, fsyncs, then
+//! [`crate::pack`]). It first deletes the chosen packs that nothing names
+//! (that needs no disk space, so GC frees space even on a full disk); of
+//! the rest it copies live records to the active pack, fsyncs, then
 //! moves each index entry only if it still names the old record, and deletes
 //! an old pack only once no entry names it. A reader that looked a block up
 //! before the move either still holds the old file open (unlinked files stay
@@ -176,31 +178,58 @@ impl Store {
         if candidates.is_empty() {
             return Ok(());
         }
+        // Packs with nothing live go first: deleting them needs no disk
+        // space, and copying live records does. On a full disk (when GC is
+        // needed most) the copy would fail before anything was freed.
+        let (mut deleted_bytes, rest) = self.delete_dead_packs(&candidates, false, stats)?;
+        if rest.is_empty() {
+            stats.pack_bytes_reclaimed = deleted_bytes;
+            return Ok(());
+        }
         let mut holds = BTreeSet::new();
-        let moved = self.move_live_records(&candidates, &mut holds, stats);
+        let moved = self.move_live_records(&rest, &mut holds, stats);
         self.packs.release(&mut holds);
         let appended = moved?;
+        deleted_bytes += self.delete_dead_packs(&rest, true, stats)?.0;
+        stats.pack_bytes_reclaimed = deleted_bytes.saturating_sub(appended);
+        Ok(())
+    }
 
+    /// Deletes those of `candidates` (idle when chosen, so they never gain
+    /// records again) that no index entry names now; returns the bytes
+    /// deleted and the candidates kept. `warn_kept` logs the kept ones
+    /// (which should have had their records moved).
+    fn delete_dead_packs(
+        &self,
+        candidates: &[(u32, u64)],
+        warn_kept: bool,
+        stats: &mut GcStats,
+    ) -> Result<(u64, Vec<(u32, u64)>), StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PACKS)?;
         let mut deleted_bytes = 0u64;
-        for (id, size) in candidates {
+        let mut kept = Vec::new();
+        for &(id, size) in candidates {
             if let Some(counts) = table.get(id)? {
                 let (records, _) = counts.value();
-                tracing::warn!(
-                    pack = id,
-                    records,
-                    "gc: keeping pack that still holds live records it could not move"
-                );
+                if warn_kept {
+                    tracing::warn!(
+                        pack = id,
+                        records,
+                        "gc: keeping pack that still holds live records it could not move"
+                    );
+                }
+                kept.push((id, size));
                 continue;
             }
             if self.packs.remove(id)? {
                 stats.packs_deleted += 1;
                 deleted_bytes += size;
+            } else {
+                kept.push((id, size));
             }
         }
-        stats.pack_bytes_reclaimed = deleted_bytes.saturating_sub(appended);
-        Ok(())
+        Ok((deleted_bytes, kept))
     }
 
     /// Idle packs to reclaim: every pack with nothing live, under half live,

@@ -13,6 +13,7 @@ pub mod store;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod unixfs;
+pub mod verify;
 
 pub use blocks::{BlockRead, BlockWrite, MemoryBlocks, NullBlocks};
 pub use bytes::Bytes;
@@ -20,3 +21,4 @@ pub use cid::Cid;
 pub use gc::GcStats;
 pub use pins::{Pin, PinMode};
 pub use store::{IndexEntry, RepoStat, Session, Store, StoreError, StoreOptions, INLINE_LIMIT};
+pub use verify::{VerifyConfig, VerifyReport};

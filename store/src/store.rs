@@ -1,14 +1,17 @@
 //! The redb block store: block index, inline small blocks, pack files for
 //! large ones, pins, temporary pins, write sessions and generic indexes.
 //! GC lives in `gc.rs` (with the argument for why it is safe next to
-//! imports), the pack format in `pack.rs`.
+//! imports), the pack format in `pack.rs`, the whole-repo audit in
+//! `verify.rs`.
 //!
 //! Layout of a repo directory:
 //! * `repo.lock`: held exclusively (fs2) by the one process using the repo;
-//! * `index.redb`: the database, tables `blocks_v1` (CIDv1 bytes -> tagged
-//!   value: the block itself when <= [`INLINE_LIMIT`], else its pack
-//!   location), `pins_v1`, `index_v1` (namespaced key -> value),
-//!   `counters_v1` and `packs_v1` (running totals for [`Store::stat`] and GC);
+//! * `index.redb`: the database (made as `index.redb.new` and renamed into
+//!   place once complete, so a crash on first use never tears it), tables
+//!   `blocks_v1` (CIDv1 bytes -> tagged value: the block itself when <=
+//!   [`INLINE_LIMIT`], else its pack location), `pins_v1`, `index_v1`
+//!   (namespaced key -> value), `counters_v1` and `packs_v1` (running totals
+//!   for [`Store::stat`] and GC);
 //! * `packs/NNNNNNNN.pack`: append-only files of larger blocks.
 //!
 //! Durability order: pack bytes are written and fdatasync'd before the redb
@@ -86,6 +89,8 @@ const SESSION_BUFFER_BYTES: usize = 32 << 20;
 /// Rough per-entry memory cost of a buffered entry besides key and value.
 const ENTRY_OVERHEAD: usize = 64;
 const DB_FILE: &str = "index.redb";
+/// Where a new database is made before it is renamed to [`DB_FILE`].
+const DB_NEW_FILE: &str = "index.redb.new";
 const LOCK_FILE: &str = "repo.lock";
 const PACK_DIR: &str = "packs";
 /// How often a reader looks a block up again after GC moved it away.
@@ -192,10 +197,10 @@ pub(crate) struct Tally {
     packs: HashMap<u32, (i64, i64)>,
 }
 
-const COUNTER_BLOCKS: &str = "blocks";
-const COUNTER_BLOCK_BYTES: &str = "block_bytes";
-const COUNTER_INLINE_BLOCKS: &str = "inline_blocks";
-const COUNTER_INLINE_BYTES: &str = "inline_bytes";
+pub(crate) const COUNTER_BLOCKS: &str = "blocks";
+pub(crate) const COUNTER_BLOCK_BYTES: &str = "block_bytes";
+pub(crate) const COUNTER_INLINE_BLOCKS: &str = "inline_blocks";
+pub(crate) const COUNTER_INLINE_BYTES: &str = "inline_bytes";
 
 impl Tally {
     /// Counts a block entry as added (`sign` = 1) or removed (-1).
@@ -288,7 +293,7 @@ fn index_key(namespace: &str, key: &[u8]) -> Vec<u8> {
     out
 }
 
-fn index_prefix(namespace: &str) -> Vec<u8> {
+pub(crate) fn index_prefix(namespace: &str) -> Vec<u8> {
     let len = u32::try_from(namespace.len()).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(4 + namespace.len());
     out.extend_from_slice(&len.to_be_bytes());
@@ -422,9 +427,26 @@ impl Store {
             }
             return Err(io_err(&lock_path, e));
         }
+        // A new database is made under a temporary name and renamed into
+        // place once its tables are committed: a crash while a repo is first
+        // used must not leave a torn `index.redb` that never opens again
+        // (found by the kill -9 campaign; crash_consistency.rs tests it).
+        let db_path = dir.join(DB_FILE);
+        let creating = !db_path.try_exists().map_err(|e| io_err(&db_path, e))?;
+        let open_path = if creating {
+            let fresh = dir.join(DB_NEW_FILE);
+            match fs::remove_file(&fresh) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&fresh, e)),
+            }
+            fresh
+        } else {
+            db_path.clone()
+        };
         let db = match redb::Builder::new()
             .set_cache_size(options.cache_bytes)
-            .create(dir.join(DB_FILE))
+            .create(&open_path)
         {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
@@ -437,6 +459,12 @@ impl Store {
         txn.open_table(COUNTERS)?;
         txn.open_table(PACKS)?;
         txn.commit()?;
+        if creating {
+            fs::rename(&open_path, &db_path).map_err(|e| io_err(&db_path, e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(dir, e))?;
+        }
         let packs = Packs::open(dir.join(PACK_DIR), options.pack_target_bytes)?;
         Ok(Store {
             dir: dir.to_path_buf(),

@@ -3,12 +3,13 @@
 //! collects garbage in a loop; the parent SIGKILLs it at random moments. After
 //! every kill the repo must open, every indexed block must read back and
 //! verify, every pin must name a complete DAG, the running totals must match a
-//! recount, and GC must run clean and leave exactly the pinned blocks.
+//! recount, `Store::verify` must find nothing, and GC must run clean and
+//! leave exactly the pinned blocks.
 
 use anyhow::{bail, Context, Result};
 use ipld_core::ipld::Ipld;
 use ipnix_store::block::{cid_for, DAG_CBOR, RAW};
-use ipnix_store::{Cid, PinMode, Store, INLINE_LIMIT};
+use ipnix_store::{Cid, PinMode, Store, VerifyConfig, INLINE_LIMIT};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashSet};
@@ -64,6 +65,8 @@ fn kill_a_writer_at_random_moments_and_recover() -> Result<()> {
 /// Returns the number of pins found.
 fn check_recovered(dir: &Path) -> Result<usize> {
     let store = Store::open(dir)?;
+    let report = store.verify(&VerifyConfig::default())?;
+    assert!(report.is_clean(), "Store::verify after a crash: {report:?}");
     let mut blocks = 0u64;
     let mut bytes = 0u64;
     let mut inline = 0u64;
@@ -215,5 +218,64 @@ fn run_writer(dir: &Path, seed: u64) -> Result<()> {
             _ => {}
         }
     }
+    Ok(())
+}
+
+const CREATOR_TEST_NAME: &str = "a_repo_killed_while_its_database_is_created_opens";
+const CREATOR_DIR_ENV: &str = "IPNIX_STORE_CRASH_CREATOR_DIR";
+const CREATOR_KILLS: usize = 12;
+
+/// Bug found by the kill -9 campaign (`tests/tests/crash_campaign.rs`,
+/// first use): a kill while `Store::open` created a new repo's database left
+/// a torn `index.redb` ("Not a redb database: magic number mismatch") and the
+/// repo could never be opened again. A child creates fresh repos in a loop;
+/// after every kill, every repo it started must open and verify clean.
+#[test]
+fn a_repo_killed_while_its_database_is_created_opens() -> Result<()> {
+    if let Ok(dir) = std::env::var(CREATOR_DIR_ENV) {
+        for i in 0u64.. {
+            drop(Store::open(&Path::new(&dir).join(i.to_string()))?);
+        }
+        return Ok(());
+    }
+    let seed: u64 = std::env::var("IPNIX_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("{CREATOR_TEST_NAME} seed {seed} (set IPNIX_TEST_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let exe = std::env::current_exe()?;
+    let mut repos = 0;
+    for kill in 0..CREATOR_KILLS {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                CREATOR_TEST_NAME,
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CREATOR_DIR_ENV, dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("re-executing the test binary as the creator")?;
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..200)));
+        if let Some(status) = child.try_wait()? {
+            bail!("the creator exited on its own ({status}) before kill {kill}");
+        }
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        for entry in std::fs::read_dir(dir.path())? {
+            let repo = entry?.path();
+            let store = Store::open(&repo)
+                .with_context(|| format!("kill {kill}: {} does not open", repo.display()))?;
+            let report = store.verify(&VerifyConfig::default())?;
+            assert!(report.is_clean(), "kill {kill}: {report:?}");
+            repos += 1;
+        }
+    }
+    eprintln!("{CREATOR_KILLS} kills, {repos} repos reopened");
     Ok(())
 }

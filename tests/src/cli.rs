@@ -229,11 +229,6 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Whether the daemon process has exited (on its own or killed).
-    pub fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// Kills the daemon with SIGKILL (no clean shutdown: a crash) and waits.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

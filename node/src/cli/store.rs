@@ -1,4 +1,4 @@
-//! `ipnix block`, `pin`, `gc`, `repo stat` and `dag export|import`: the block
+//! `ipnix block`, `pin`, `gc`, `repo stat|verify` and `dag export|import`: the block
 //! store and CAR files.
 
 use super::progress::{bar, ReadProgress, WriteProgress};
@@ -6,7 +6,7 @@ use super::{parse_cid, print_json, Ctx, Io};
 use crate::{BlockCommand, DagCommand, PinCommand, RepoCommand};
 use anyhow::Context as _;
 use ipnix_store::block::{self, MAX_BLOCK_SIZE};
-use ipnix_store::{car, BlockRead, PinMode};
+use ipnix_store::{car, BlockRead, PinMode, VerifyConfig};
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
@@ -254,7 +254,63 @@ pub fn repo(ctx: &Ctx, command: RepoCommand, io: &mut Io<'_>) -> anyhow::Result<
             }
             Ok(())
         }
+        RepoCommand::Verify => verify(ctx, io),
     }
+}
+
+/// `ipnix repo verify`: the store's audit, with the nix-path index as a CID
+/// index; lists every finding and fails if any is a problem.
+fn verify(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let config = VerifyConfig::default().with_cid_namespace(ipnix_bridge::path_index::NAMESPACE);
+    let report = ctx.store.verify(&config)?;
+    if ctx.json {
+        print_json(io.stdout, &serde_json::to_value(&report)?)?;
+    } else {
+        let out = &mut *io.stdout;
+        writeln!(out, "repo: {}", ctx.repo.root().display())?;
+        writeln!(
+            out,
+            "blocks: {} ({} inline, {} packed; {} bytes), every one re-hashed",
+            report.blocks, report.inline_blocks, report.packed_blocks, report.block_bytes
+        )?;
+        writeln!(
+            out,
+            "pins: {} keeping {} blocks; {} blocks unpinned",
+            report.pins, report.pinned_blocks, report.unpinned_blocks
+        )?;
+        writeln!(
+            out,
+            "packs: {} files, {} dead bytes (GC reclaims them)",
+            report.pack_files, report.pack_dead_bytes
+        )?;
+        writeln!(out, "nix-path index entries: {}", report.index_entries)?;
+        for problem in &report.problems {
+            writeln!(
+                out,
+                "problem: {} {}: {}",
+                problem.kind, problem.subject, problem.detail
+            )?;
+        }
+        for note in &report.notes {
+            writeln!(out, "note: {} {}: {}", note.kind, note.subject, note.detail)?;
+        }
+        let unlisted = (report.problem_count + report.note_count)
+            .saturating_sub((report.problems.len() + report.notes.len()) as u64);
+        if unlisted > 0 {
+            writeln!(out, "({unlisted} more findings not listed)")?;
+        }
+        if report.is_clean() {
+            writeln!(out, "repo is consistent ({} notes)", report.note_count)?;
+        }
+    }
+    if !report.is_clean() {
+        anyhow::bail!(
+            "repo verify found {} inconsistencies in {}",
+            report.problem_count,
+            ctx.repo.root().display()
+        );
+    }
+    Ok(())
 }
 
 pub fn dag(ctx: &Ctx, command: DagCommand, io: &mut Io<'_>) -> anyhow::Result<()> {
