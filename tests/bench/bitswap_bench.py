@@ -4,7 +4,7 @@
   cargo build --release -p ipnix-node --bin ipnix
   /work/shared/peers/sandbox python3 tests/bench/bitswap_bench.py \\
       [--sizes 100,1024] [--trials 5] [--trials-large N] [--ipnix-bin PATH]
-      [--only kubo-kubo,ipnix-ipnix,kubo-ipnix,ipnix-kubo]
+      [--only kubo-kubo,ipnix-ipnix,kubo-ipnix,ipnix-kubo,helia-ipnix]
 
 Four directions per size: ipnix -> ipnix, Kubo -> ipnix, ipnix -> Kubo and the
 anchor Kubo -> Kubo, which is the shared tool run as is, one trial at a time
@@ -46,6 +46,10 @@ PEERS = os.environ.get("PEERS_HOME") or os.path.expanduser("~/.cache/ipnix-peers
 KUBO = [f"{PEERS}/venv/bin/python", f"{PEERS}/kubo-peer.py"]
 PROCS = []
 SCENARIOS = ["kubo-kubo", "ipnix-ipnix", "kubo-ipnix", "ipnix-kubo"]
+# Opt-in (--only): Helia 7 as the source (helia-peer.mjs: CIDv1, raw leaves,
+# 1 MiB chunks), fetched by an ipnix daemon exactly as from Kubo.
+EXTRA_SCENARIOS = ["helia-ipnix"]
+HELIA = ["node", f"{PEERS}/helia-peer.mjs"]
 
 
 def default_ipnix_bin():
@@ -150,6 +154,22 @@ class KuboPeer:
         shutil.rmtree(self.repo, ignore_errors=True)
 
 
+class HeliaPeer(KuboPeer):
+    """helia-peer.mjs as a source: the same JSON-lines protocol as kubo-peer.py."""
+
+    def __init__(self, work, name, port):
+        self.repo = os.path.join(work, name)
+        self.p = subprocess.Popen(HELIA + ["--tcp-port", str(port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=open(os.path.join(work, f"{name}.log"), "w"),
+                                  text=True, bufsize=1)
+        PROCS.append(self.p)
+        self.ready = self._wait("ready")
+        pid = self.ready["peer_id"]
+        tcp = [a for a in self.ready["addrs"] if "/tcp/" in a]
+        self.addr = tcp[0] if "/p2p/" in tcp[0] else f"{tcp[0]}/p2p/{pid}"
+
+
 class IpnixDaemon:
     """`ipnix daemon` on its own repo; commands through the `ipnix` CLI, which
     forwards them to the daemon over its loopback control API."""
@@ -245,6 +265,8 @@ class Direction:
         profile = "unixfs-v1-2025" if self.dst_kind == "ipnix" else "unixfs-v0-2015"
         if src_kind == "ipnix":
             self.src = IpnixDaemon(args.ipnix_bin, work, f"{kind}-src", port)
+        elif src_kind == "helia":
+            self.src = HeliaPeer(work, f"{kind}-src", port)
         else:
             self.src = KuboPeer(work, f"{kind}-src", port)
         t = time.monotonic()
@@ -312,9 +334,9 @@ def main():
     if not os.access(KUBO[0], os.X_OK):
         sys.exit(f"Kubo peer missing ({KUBO[0]}): run {SHARED}/peers/setup-peers.sh")
     scenarios = args.only.split(",")
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
-        sys.exit(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+        sys.exit(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS + EXTRA_SCENARIOS}")
     print(json.dumps({"ipnix": args.ipnix_bin, "load_at_start": load()}), flush=True)
     summary = []
     for size in [int(s) for s in args.sizes.split(",")]:

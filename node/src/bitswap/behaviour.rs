@@ -184,6 +184,13 @@ impl Behaviour {
     }
 
     fn on_message(&mut self, peer: PeerId, message: Inbound) {
+        tracing::trace!(
+            %peer,
+            entries = message.entries.len(),
+            blocks = ?message.blocks.iter().map(|(cid, _)| cid.to_string()).collect::<Vec<_>>(),
+            presences = message.presences.len(),
+            "bitswap: message received"
+        );
         Stats::add(&self.stats.messages_received, 1);
         Stats::add(&self.stats.cids_refused, message.refused_cids as u64);
         if !message.entries.is_empty() || message.full {
@@ -294,6 +301,12 @@ impl Behaviour {
                 continue;
             }
             if let Some(message) = self.client.take_message(peer_id) {
+                tracing::trace!(
+                    peer = %peer_id,
+                    full = message.full,
+                    entries = ?message.entries.iter().map(|e| (e.cid.to_string(), e.want_type, e.cancel)).collect::<Vec<_>>(),
+                    "bitswap: sending wantlist"
+                );
                 self.send(peer_id, message, false);
             }
         }

@@ -7,7 +7,9 @@
 //! want-blocks, and want-have to the other peers; a HAVE becomes a want-block
 //! when nobody is fetching the block; DONT_HAVE or a timeout moves the
 //! want-block on. Everything here is bounded by the number of wants times
-//! the number of connected peers.
+//! the number of connected peers. A want-block left unanswered is asked of
+//! the same peer again, cancel first (see `REASK_UNANSWERED`), and the
+//! blocks delivered in the last seconds answer repeat wants at once.
 
 use super::handler::{Entry, OutMessage};
 use super::stats::Stats;
@@ -31,6 +33,21 @@ const REASK_INTERVAL: Duration = Duration::from_secs(3);
 /// beyond a LAN fetch's patience; a live one sending other blocks is not
 /// silent.
 const SILENT_PEER: Duration = Duration::from_secs(2);
+/// A want-block that its peer has neither answered nor overtaken (served a
+/// later want of no higher priority first) is asked of the same peer again
+/// after this long, then after twice as long, up to `REASK_MAX_DOUBLINGS`
+/// times doubled, until `block_timeout` moves it to another peer. The
+/// re-ask is a cancel followed by the want in the next message: Helia keeps
+/// a block it sent as "sent" for 5 s and ignores a plain repeat of the want
+/// in that time (DESIGN.md, "Bitswap with Helia").
+const REASK_UNANSWERED: Duration = Duration::from_secs(2);
+const REASK_MAX_DOUBLINGS: u32 = 3;
+/// Blocks delivered this recently answer a new want for them at once: a
+/// reader that asks for a block the fetch before it received but has not
+/// yet stored gets it without asking peers again.
+const DELIVERED_KEEP: Duration = Duration::from_secs(5);
+const DELIVERED_MAX_BLOCKS: usize = 64;
+const DELIVERED_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ClientLimits {
@@ -87,6 +104,32 @@ enum AskState {
 struct Ask {
     want_type: WantType,
     state: AskState,
+    /// When the entry was last sent (a re-ask sends it again).
+    at: Instant,
+    /// When it was first sent as this want type: the timeouts count from here.
+    first_at: Instant,
+    /// Times it was asked again of this peer.
+    reasks: u32,
+}
+
+impl Ask {
+    fn new(want_type: WantType, now: Instant) -> Self {
+        Self {
+            want_type,
+            state: AskState::Waiting,
+            at: now,
+            first_at: now,
+            reasks: 0,
+        }
+    }
+}
+
+/// A block handed out moments ago, kept for wants that come just after.
+#[derive(Debug)]
+struct Delivered {
+    cid: Cid,
+    data: Bytes,
+    from: PeerId,
     at: Instant,
 }
 
@@ -98,10 +141,19 @@ struct ClientPeer {
     sent: HashMap<Cid, Ask>,
     backlog: VecDeque<Cid>,
     backlogged: HashSet<Cid>,
-    /// Entries recently removed from `sent`: blocks for them are late, not unsolicited.
+    /// Entries recently removed from `sent` (answered, cancelled, declined):
+    /// blocks for them are late, not unsolicited, and a new want for one is
+    /// sent after a cancel.
     recent: VecDeque<Cid>,
     recent_set: HashSet<Cid>,
     pending: HashMap<Cid, Entry>,
+    /// Entries in `sent` to cancel in the next message and want again in
+    /// the one after (the peer may hold them as already answered).
+    reask: HashSet<Cid>,
+    /// When the last block this peer delivered was asked for, and at what
+    /// priority: a want-block asked earlier at no lower priority and still
+    /// waiting was overtaken.
+    last_served: Option<(Instant, i32)>,
     send_full: bool,
     block_asks: usize,
     last_block: Option<Instant>,
@@ -122,6 +174,8 @@ impl ClientPeer {
             recent: VecDeque::new(),
             recent_set: HashSet::new(),
             pending: HashMap::new(),
+            reask: HashSet::new(),
+            last_served: None,
             send_full: false,
             block_asks: 0,
             last_block: None,
@@ -149,21 +203,13 @@ impl ClientPeer {
     /// Removes `cid` from what the peer holds; `cancel` tells the peer.
     fn forget(&mut self, cid: Cid, cancel: bool, cap: usize) {
         if let Some(ask) = self.sent.remove(&cid) {
+            self.reask.remove(&cid);
             if ask.want_type == WantType::Block && ask.state == AskState::Waiting {
                 self.block_asks = self.block_asks.saturating_sub(1);
             }
             self.remember(cid, cap);
             if cancel {
-                self.pending.insert(
-                    cid,
-                    Entry {
-                        cid,
-                        priority: 0,
-                        cancel: true,
-                        want_type: WantType::Block,
-                        send_dont_have: false,
-                    },
-                );
+                self.pending.insert(cid, cancel_entry(cid));
             } else {
                 self.pending.remove(&cid);
             }
@@ -193,6 +239,10 @@ pub(crate) struct Client {
     /// Peers with wantlist updates to send.
     dirty: HashSet<PeerId>,
     events: VecDeque<Event>,
+    /// Blocks delivered within `DELIVERED_KEEP`, oldest first; bounded by
+    /// `DELIVERED_MAX_BLOCKS` and `DELIVERED_MAX_BYTES`.
+    delivered: VecDeque<Delivered>,
+    delivered_bytes: usize,
 }
 
 impl Client {
@@ -205,6 +255,36 @@ impl Client {
             next_id: 0,
             dirty: HashSet::new(),
             events: VecDeque::new(),
+            delivered: VecDeque::new(),
+            delivered_bytes: 0,
+        }
+    }
+
+    fn keep_delivered(&mut self, cid: Cid, data: Bytes, from: PeerId, now: Instant) {
+        if data.len() > DELIVERED_MAX_BYTES {
+            return;
+        }
+        self.delivered_bytes += data.len();
+        self.delivered.push_back(Delivered {
+            cid,
+            data,
+            from,
+            at: now,
+        });
+        self.prune_delivered(now);
+    }
+
+    fn prune_delivered(&mut self, now: Instant) {
+        while let Some(oldest) = self.delivered.front() {
+            let expired = now.saturating_duration_since(oldest.at) >= DELIVERED_KEEP;
+            let over = self.delivered.len() > DELIVERED_MAX_BLOCKS
+                || self.delivered_bytes > DELIVERED_MAX_BYTES;
+            if !expired && !over {
+                return;
+            }
+            if let Some(dropped) = self.delivered.pop_front() {
+                self.delivered_bytes -= dropped.data.len();
+            }
         }
     }
 
@@ -230,6 +310,22 @@ impl Client {
     pub(crate) fn want(&mut self, cid: Cid, options: WantOptions) -> Result<WantId, WantError> {
         ipnix_store::block::check_cid(&cid)
             .map_err(|error| WantError::Unsupported(Box::new(error)))?;
+        if !self.wants.contains_key(&cid) {
+            let now = Instant::now();
+            self.prune_delivered(now);
+            if let Some(kept) = self.delivered.iter().rev().find(|d| d.cid == cid) {
+                // Delivered moments ago (the caller's store write may still be
+                // under way): asking peers again would fetch it twice, and a
+                // peer that just sent it may ignore the repeat (Helia, 5 s).
+                let (data, from) = (kept.data.clone(), kept.from);
+                tracing::trace!(%cid, "bitswap: want answered from the blocks just delivered");
+                Stats::add(&self.stats.blocks_redelivered, 1);
+                self.events.push_back(Event::Block { cid, data, from });
+                let id = WantId(self.next_id);
+                self.next_id += 1;
+                return Ok(id);
+            }
+        }
         if let Some(want) = self.wants.get_mut(&cid) {
             let id = want.id;
             let widened = if want.targets.is_empty() || options.peers.is_empty() {
@@ -395,9 +491,7 @@ impl Client {
         if let Some(ask) = peer.sent.get_mut(&cid) {
             let answered_no = matches!(ask.state, AskState::DontHave | AskState::TimedOut);
             if fetch_here && ask.want_type == WantType::Have && !answered_no {
-                ask.want_type = WantType::Block;
-                ask.state = AskState::Waiting;
-                ask.at = Instant::now();
+                *ask = Ask::new(WantType::Block, Instant::now());
                 peer.block_asks += 1;
                 want.block_peer = Some(peer_id);
                 peer.pending
@@ -419,15 +513,13 @@ impl Client {
         } else {
             WantType::Have
         };
-        peer.sent.insert(
-            cid,
-            Ask {
-                want_type,
-                state: AskState::Waiting,
-                at: Instant::now(),
-            },
-        );
+        peer.sent.insert(cid, Ask::new(want_type, Instant::now()));
         peer.pending.insert(cid, entry_for(cid, want, want_type));
+        if peer.recent_set.contains(&cid) {
+            // The peer held this want moments ago and may still count it as
+            // answered (Helia ignores a repeat for 5 s): cancel it first.
+            peer.reask.insert(cid);
+        }
         if want_type == WantType::Block {
             peer.block_asks += 1;
         }
@@ -524,9 +616,13 @@ impl Client {
             if peer.sent.contains_key(&cid) || self.wants.contains_key(&cid) {
                 peer.last_block = Some(now);
             }
+            if let (Some(ask), Some(want)) = (peer.sent.get(&cid), self.wants.get(&cid)) {
+                peer.last_served = Some((ask.at, want.priority()));
+            }
         }
         if let Some(want) = self.wants.remove(&cid) {
             self.release(cid, &want, Some(from));
+            self.keep_delivered(cid, data.clone(), from, now);
             Stats::add(&self.stats.blocks_received, 1);
             Stats::add(&self.stats.block_bytes_received, data.len() as u64);
             self.events.push_back(Event::Block { cid, data, from });
@@ -607,7 +703,7 @@ impl Client {
                 if ask.state != AskState::Waiting {
                     continue;
                 }
-                let waited = now.saturating_duration_since(ask.at);
+                let waited = now.saturating_duration_since(ask.first_at);
                 let limit = match ask.want_type {
                     WantType::Block => self.limits.block_timeout,
                     WantType::Have => self.limits.have_timeout,
@@ -657,6 +753,64 @@ impl Client {
             .collect();
         for cid in unanswered {
             self.reask_declined(cid, now, Some(REASK_INTERVAL));
+        }
+        self.reask_unanswered(now);
+        self.prune_delivered(now);
+    }
+
+    /// Asks a peer again (cancel, then the want) for want-blocks it has
+    /// neither answered nor overtaken, so a want or a reply lost on the way
+    /// (or ignored as already answered) costs seconds, not `block_timeout`.
+    fn reask_unanswered(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (cid, want) in &self.wants {
+            for peer_id in &want.asked {
+                let Some(peer) = self.peers.get(peer_id) else {
+                    continue;
+                };
+                let Some(ask) = peer.sent.get(cid) else {
+                    continue;
+                };
+                if ask.state != AskState::Waiting
+                    || ask.want_type != WantType::Block
+                    || peer.reask.contains(cid)
+                {
+                    continue;
+                }
+                let interval = REASK_UNANSWERED * 2u32.pow(ask.reasks.min(REASK_MAX_DOUBLINGS));
+                if now.saturating_duration_since(ask.at) < interval {
+                    continue;
+                }
+                // Nothing at all since we asked, or a later want of no higher
+                // priority served first: this one was lost or ignored. A peer
+                // busy sending older or more urgent blocks is left alone.
+                let silent = peer.last_heard <= ask.at;
+                let overtaken = peer
+                    .last_served
+                    .is_some_and(|(at, priority)| at > ask.at && priority <= want.priority());
+                if silent || overtaken {
+                    due.push((*cid, *peer_id));
+                }
+            }
+        }
+        for (cid, peer_id) in due {
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
+                continue;
+            };
+            let Some(ask) = peer.sent.get_mut(&cid) else {
+                continue;
+            };
+            ask.at = now;
+            ask.reasks += 1;
+            tracing::debug!(
+                %cid,
+                peer = %peer_id,
+                reasks = ask.reasks,
+                "bitswap: want-block unanswered; asking the peer again"
+            );
+            peer.reask.insert(cid);
+            self.dirty.insert(peer_id);
+            Stats::add(&self.stats.wants_reasked, 1);
         }
     }
 
@@ -754,14 +908,45 @@ impl Client {
             peer.pending.clear();
             message.full = true;
             for (cid, ask) in &peer.sent {
+                // Re-asks leave the full list out; their cancel and want follow.
+                if peer.reask.contains(cid) {
+                    continue;
+                }
                 if let Some(want) = self.wants.get(cid) {
                     message.entries.push(entry_for(*cid, want, ask.want_type));
                 }
             }
+            if !peer.reask.is_empty() {
+                self.dirty.insert(peer_id);
+            }
         } else {
+            // A re-ask is a cancel in this message and the want in the next:
+            // a peer reading one message at a time forgets the old entry
+            // (and whether it answered it) before it sees the new one.
+            let reasks: Vec<Cid> = peer.reask.drain().collect();
+            for cid in &reasks {
+                peer.pending.insert(*cid, cancel_entry(*cid));
+            }
             message.entries = peer.pending.drain().map(|(_, entry)| entry).collect();
+            for cid in reasks {
+                if let (Some(ask), Some(want)) = (peer.sent.get(&cid), self.wants.get(&cid)) {
+                    peer.pending
+                        .insert(cid, entry_for(cid, want, ask.want_type));
+                    self.dirty.insert(peer_id);
+                }
+            }
         }
         (!message.is_empty()).then_some(message)
+    }
+}
+
+fn cancel_entry(cid: Cid) -> Entry {
+    Entry {
+        cid,
+        priority: 0,
+        cancel: true,
+        want_type: WantType::Block,
+        send_dont_have: false,
     }
 }
 
@@ -891,11 +1076,15 @@ mod tests {
         client.tick(Instant::now());
         assert_eq!(entries(&mut client, a), vec![], "not at once");
         client.tick(Instant::now() + REASK_INTERVAL);
+        // Asked afresh: a cancel first, so the peer answers anew (Helia
+        // says DONT_HAVE once per entry), then the want.
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, true)]);
         assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
         client.on_presence(a, cid, Presence::DontHave);
         client
             .want(cid, WantOptions::default())
             .expect("want again");
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, true)]);
         assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
     }
 
@@ -1012,6 +1201,54 @@ mod tests {
             .expect("the upgraded want");
         assert_eq!(entry.priority, priority(&client, &background));
         assert!(!entry.cancel);
+    }
+
+    #[test]
+    fn an_unanswered_want_block_is_asked_again_cancel_first_then_the_want() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let cid = cid_for(RAW, b"lost");
+        client.want(cid, WantOptions::default()).expect("want");
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
+        let now = Instant::now();
+        client.tick(now + REASK_UNANSWERED / 2);
+        assert_eq!(entries(&mut client, a), vec![], "not at once");
+        client.tick(now + REASK_UNANSWERED + Duration::from_millis(10));
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, true)]);
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
+        // The next re-ask waits twice as long.
+        client.tick(now + REASK_UNANSWERED * 2 + Duration::from_millis(20));
+        assert_eq!(entries(&mut client, a), vec![]);
+        assert_eq!(client.peers[&a].sent[&cid].reasks, 1);
+    }
+
+    #[test]
+    fn a_block_wanted_again_just_after_delivery_is_handed_out_again() {
+        let mut client = client();
+        let a = PeerId::random();
+        client.peer_connected(a);
+        let cid = cid_for(RAW, b"again");
+        client.want(cid, WantOptions::default()).expect("want");
+        let _ = entries(&mut client, a);
+        assert_eq!(
+            client.on_block(a, cid, Bytes::from_static(b"again")),
+            BlockVerdict::Delivered
+        );
+        assert!(matches!(client.pop_event(), Some(Event::Block { .. })));
+        client
+            .want(cid, WantOptions::default())
+            .expect("want again");
+        assert!(matches!(client.pop_event(), Some(Event::Block { cid: c, .. }) if c == cid));
+        assert_eq!(entries(&mut client, a), vec![], "the peer is not asked");
+        // Once forgotten, a new want goes to the peer, after a cancel (it
+        // may still count the block as sent).
+        client.prune_delivered(Instant::now() + DELIVERED_KEEP);
+        client
+            .want(cid, WantOptions::default())
+            .expect("want later");
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, true)]);
+        assert_eq!(entries(&mut client, a), vec![(cid, WantType::Block, false)]);
     }
 
     #[test]

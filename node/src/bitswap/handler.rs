@@ -385,6 +385,12 @@ impl Handler {
 /// Reads every frame of one inbound stream until it ends, errs or idles out.
 /// A frame body is only read while holding `budget` permits for its length,
 /// so all streams of a connection together buffer at most the budget.
+///
+/// The idle timeout covers waiting for a frame to start and reading its body
+/// (each stalled for that long ends the stream), never the wait for read
+/// budget: a frame whose length was read is not dropped because other
+/// streams of the connection were busy (a peer that splits one reply into
+/// several frames, as Helia does, keeps them all).
 fn read_stream(
     mut stream: Stream,
     limits: &HandlerLimits,
@@ -394,38 +400,53 @@ fn read_stream(
     let max_frame = limits.max_frame_bytes;
     let idle = limits.inbound_idle_timeout;
     let read = move |mut stream: Stream, budget: Arc<Semaphore>| async move {
-        let len = match wire::read_frame_len(&mut stream, max_frame).await {
-            Ok(Some(len)) => len,
-            Ok(None) => return (Ok(None), stream),
-            Err(error) => return (Err(error), stream),
-        };
+        let len =
+            match tokio::time::timeout(idle, wire::read_frame_len(&mut stream, max_frame)).await {
+                Ok(Ok(Some(len))) => len,
+                Ok(Ok(None)) => return (Ok(None), stream),
+                Ok(Err(error)) => return (Err(error), stream),
+                Err(_) => {
+                    return (
+                        Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
+                        stream,
+                    )
+                }
+            };
         let permits = u32::try_from(len).unwrap_or(u32::MAX);
         let Ok(_permit) = budget.acquire_many_owned(permits).await else {
             return (Ok(None), stream);
         };
-        let body = wire::read_frame_body(&mut stream, len).await.map(Some);
+        let body = match tokio::time::timeout(idle, wire::read_frame_body(&mut stream, len)).await {
+            Ok(body) => body.map(Some),
+            Err(_) => Err(WireError::Io(std::io::ErrorKind::TimedOut.into())),
+        };
         (body, stream)
     };
     futures::stream::unfold(Some(stream), move |state| {
         let budget = Arc::clone(&budget);
         async move {
             let stream = state?;
-            match tokio::time::timeout(idle, read(stream, budget)).await {
-                Ok((Ok(Some(frame)), stream)) => match WireMessage::decode(&frame) {
-                    Ok(message) => Some((Ok(interpret(message)), Some(stream))),
-                    Err(error) => Some((Err(InboundError::Malformed(error.to_string())), None)),
-                },
-                Ok((Ok(None), mut stream)) => {
+            match read(stream, budget).await {
+                (Ok(Some(frame)), stream) => {
+                    tracing::trace!(len = frame.len(), "bitswap: frame read");
+                    match WireMessage::decode(&frame) {
+                        Ok(message) => Some((Ok(interpret(message)), Some(stream))),
+                        Err(error) => Some((Err(InboundError::Malformed(error.to_string())), None)),
+                    }
+                }
+                (Ok(None), mut stream) => {
+                    tracing::trace!("bitswap: inbound stream ended");
                     let _ = stream.close().await;
                     None
                 }
-                Ok((Err(WireError::FrameTooLarge { len, .. }), _)) => {
+                (Err(WireError::FrameTooLarge { len, .. }), _) => {
                     Some((Err(InboundError::TooLarge(len)), None))
                 }
-                Ok((Err(WireError::Io(_)), _)) | Err(_) => None,
-                Ok((Err(error), _)) => {
-                    Some((Err(InboundError::Malformed(error.to_string())), None))
+                (Err(WireError::Io(error)), _) => {
+                    tracing::debug!(%error, "bitswap: inbound stream ended by an error");
+                    None
                 }
+                (Err(error), _) => Some((Err(InboundError::Malformed(error.to_string())), None)),
             }
         }
     })

@@ -5,7 +5,10 @@
 //!   want-block (with send-dont-have) to the one peer most likely to have it
 //!   and as want-have to the other connected peers; a HAVE turns into a
 //!   want-block when nobody is fetching it yet, DONT_HAVE or a timeout moves it
-//!   to the next peer. Wants are sent to peers that connect later. Received
+//!   to the next peer. A want-block its peer leaves unanswered is asked of
+//!   the same peer again (a cancel, then the want) after 2 s, backing off;
+//!   a block delivered moments ago answers a new want for it at once.
+//!   Wants are sent to peers that connect later. Received
 //!   blocks are checked against their CID before [`Event::Block`]; blocks we
 //!   no longer want are dropped and counted, blocks we never asked the sender
 //!   for are dropped and the sender penalised.
@@ -122,7 +125,10 @@ impl Default for Config {
             max_inbound_streams: 32,
             inbound_idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(30),
-            outbound_idle_timeout: Duration::from_secs(10),
+            // Below Helia's 10 s: it aborts an inbound stream 10 s after its
+            // last message, and a message we write just then is lost
+            // without an error on our side.
+            outbound_idle_timeout: Duration::from_secs(5),
             open_timeout: Duration::from_secs(10),
             have_timeout: Duration::from_secs(10),
             block_timeout: Duration::from_secs(30),

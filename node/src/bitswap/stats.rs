@@ -61,6 +61,12 @@ stats! {
     haves_received,
     /// DONT_HAVE answers received.
     dont_haves_received,
+    /// Want-blocks asked again of the same peer (a cancel, then the want)
+    /// because the peer neither sent the block nor said anything about it.
+    wants_reasked,
+    /// Wants answered from the blocks delivered moments before (a reader
+    /// asking for a block that the fetch before it is still storing).
+    blocks_redelivered,
     /// Messages received.
     messages_received,
     /// Messages sent.
