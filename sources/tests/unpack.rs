@@ -1027,3 +1027,47 @@ fn detect_reads_magic_not_names() {
     let (_, out) = unpack_bytes(&fs::read(&misnamed).expect("read"));
     assert_eq!(out.format, ArchiveFormat::TarGz);
 }
+
+/// Every real registry archive of the test corpus (tests/sources-corpus.json,
+/// fetched by tests/setup-sources-corpus.sh before the sandboxed run):
+/// unpacked here and by the real tools, the same NAR hash, and the same as
+/// `nix-prefetch-url --unpack` (fetchzip's hash).
+#[test]
+fn corpus_archives_match_nix() {
+    if let Some(reason) = nix_missing() {
+        eprintln!("SKIP: corpus_archives_match_nix: {reason}");
+        return;
+    }
+    let dir = std::env::var_os("IPNIX_CORPUS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ipnix-corpus")));
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sources-corpus.json");
+    let (Some(dir), Ok(text)) = (dir, fs::read_to_string(&manifest)) else {
+        eprintln!("SKIP: corpus_archives_match_nix: no corpus (run tests/setup-sources-corpus.sh)");
+        return;
+    };
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest JSON");
+    let mut checked = 0;
+    for file in manifest["files"].as_array().expect("files") {
+        let name = file["file"].as_str().expect("file");
+        let path = dir
+            .join(file["registry"].as_str().expect("registry"))
+            .join(name);
+        if !path.exists() {
+            eprintln!(
+                "SKIP: corpus_archives_match_nix: {} is missing",
+                path.display()
+            );
+            return;
+        }
+        let format = if name.ends_with(".zip") {
+            ArchiveFormat::Zip
+        } else {
+            ArchiveFormat::TarGz
+        };
+        // Every registry archive holds one top-level directory.
+        check_against_real_tools(&path, format, true);
+        checked += 1;
+    }
+    assert!(checked >= 20, "checked {checked} corpus archives");
+}
