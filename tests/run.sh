@@ -3,9 +3,12 @@
 #
 # 1. installs what the suite needs, idempotently, from the package registries:
 #    Nix 2.8 (../shared/peers/setup-nix.sh), Kubo 0.22 and Helia 7
-#    (../shared/peers/setup-peers.sh), ipfs-car and @helia/verified-fetch (npm);
+#    (../shared/peers/setup-peers.sh), ipfs-car and @helia/verified-fetch (npm),
+#    and the tests/setup-*.sh scripts (cargo-fuzz, swh identify, the real-tarball
+#    corpus, zip/zstd);
 # 2. fetches crates and builds everything (the only step that needs crates.io);
-# 3. runs the whole suite with cargo --offline inside a fresh network namespace
+# 3. runs every fuzz target for a bounded time (tests/fuzz.sh), then
+# 4. runs the whole suite with cargo --offline inside a fresh network namespace
 #    that has nothing but loopback (../shared/peers/sandbox): no test can reach
 #    anything beyond 127.0.0.1/::1 and the namespaces the tests create.
 #
@@ -39,6 +42,9 @@ step "build (crates.io needed only here)"
 cargo fetch --locked
 cargo build --workspace --all-targets --offline --locked
 cargo clippy --workspace --all-targets --offline --locked -- -D warnings
+
+step "fuzz (every target for FUZZ_SECONDS, default 15 s)"
+tests/fuzz.sh
 
 step "test (inside a loopback-only network namespace)"
 export IPNIX_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/ipnix

@@ -1,16 +1,5 @@
-//! Fuzzes CAR v1 reading (`ipnix dag import`, gateway clients): never panic,
-//! never allocate past the block limit, every block returned matches its CID.
+//! Fuzz target `car_reader`: the body and what it checks are
+//! [`ipnix_fuzz::car_reader`].
 #![no_main]
 
-use ipnix_store::block::verify;
-use ipnix_store::car::CarReader;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(mut reader) = CarReader::new(data) else {
-        return;
-    };
-    while let Ok(Some((cid, block))) = reader.next_block() {
-        let _ = verify(&cid, &block);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ipnix_fuzz::car_reader(data));

@@ -96,7 +96,9 @@ pub enum SwhCommand {
 #[derive(Debug, Subcommand)]
 pub enum SourcesCommand {
     /// Fetch, verify and pin every entry of a nixpkgs sources.json (file or URL)
-    #[command(after_help = "Example: ipnix sources pin sources.json --name nixpkgs-unstable --jobs 8")]
+    #[command(
+        after_help = "Example: ipnix sources pin sources.json --name nixpkgs-unstable --jobs 8"
+    )]
     Pin {
         /// sources.json: a path or an http(s) URL
         file: String,
@@ -117,7 +119,9 @@ pub enum SourcesCommand {
         cacert: Option<PathBuf>,
     },
     /// Pin one source by hand: from URLs (mirrors, in order) or a local file
-    #[command(after_help = "Example: ipnix sources add https://example.org/x-1.0.tar.gz --hash sha256-...")]
+    #[command(
+        after_help = "Example: ipnix sources add https://example.org/x-1.0.tar.gz --hash sha256-..."
+    )]
     Add {
         /// Where to download it (alternatives for the same bytes)
         urls: Vec<String>,

@@ -140,9 +140,10 @@ pub fn parse_response(data: &[u8]) -> Result<Response, String> {
         return Ok(Response { pathinfo: None });
     }
     let cid = Cid::try_from(data).map_err(|e| format!("not a CID: {e}"))?;
-    // `Cid::try_from` ignores bytes after the CID.
-    if cid.encoded_len() != data.len() {
-        return Err("trailing bytes after the CID".into());
+    // `Cid::try_from` ignores bytes after the CID, and the multihash crate
+    // takes a hash code varint that overflows 64 bits: only canonical bytes.
+    if cid.to_bytes() != data {
+        return Err("not a canonical CID (trailing or overlong bytes)".into());
     }
     if cid.codec() != DAG_CBOR {
         return Err(format!("{cid} is not dag-cbor, so not a path-info"));

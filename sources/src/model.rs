@@ -186,9 +186,9 @@ impl SkipReason {
     /// The status name `ipnix sources status` reports.
     pub fn as_str(self) -> &'static str {
         match self {
-            SkipReason::UnsupportedType
-            | SkipReason::UnsupportedScheme
-            | SkipReason::EmptyHash => "unsupported",
+            SkipReason::UnsupportedType | SkipReason::UnsupportedScheme | SkipReason::EmptyHash => {
+                "unsupported"
+            }
         }
     }
 }

@@ -163,7 +163,8 @@ fn git_links(data: &[u8], out: &mut Vec<Cid>) -> Result<(), String> {
 }
 
 fn hex_to_id(hex: &str) -> Option<[u8; 20]> {
-    if hex.len() != 40 {
+    // `from_str_radix` alone would also take a sign ("+f").
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut id = [0u8; 20];
@@ -205,6 +206,14 @@ mod tests {
         let dag = dag_links(&cid, &data).expect("links");
         assert_eq!(dag.covered, vec![git]);
         assert_eq!(dag.children, vec![unixfs]);
+    }
+
+    #[test]
+    fn commit_ids_are_hex_digits_only() {
+        // Found by fuzzing (fuzz/regressions/git_object): "+f" parsed as 0x0f.
+        let body = format!("tree {}\n\nmsg\n", "+f".repeat(20));
+        let obj = format!("commit {}\0{body}", body.len()).into_bytes();
+        assert!(links(&cid_for(GIT_RAW, &obj), &obj).is_err());
     }
 
     #[test]

@@ -602,7 +602,9 @@ pub fn parse_cid(bytes: &[u8]) -> Option<Cid> {
         return None;
     }
     let cid = Cid::read_bytes(bytes).ok()?;
-    (cid.encoded_len() == bytes.len()).then_some(cid)
+    // Not just the length: the multihash crate takes a hash code varint
+    // that overflows 64 bits, which re-encodes differently.
+    (cid.to_bytes() == bytes).then_some(cid)
 }
 
 /// Reads one length-prefixed frame. `Ok(None)` is a clean end of stream

@@ -228,6 +228,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TolerantStream<S> {
 /// Parses Kubo's swarm key format:
 /// `/key/swarm/psk/1.0.0/\n/base16/\n<64 hex digits>`.
 pub fn parse_swarm_key(text: &str) -> Result<PreSharedKey, String> {
+    // libp2p-pnet slices the key text by byte offsets and panics inside a
+    // multi-byte character; a key file is ASCII anyway.
+    if !text.is_ascii() {
+        return Err("not ASCII (expected /key/swarm/psk/1.0.0/, /base16/, 64 hex digits)".into());
+    }
     text.trim_start()
         .parse::<PreSharedKey>()
         .map_err(|e| format!("{e} (expected /key/swarm/psk/1.0.0/, /base16/, 64 hex digits)"))
@@ -258,5 +263,7 @@ mod tests {
         assert!(parse_swarm_key("/key/swarm/psk/1.0.0/\n/base64/\nAAAA").is_err());
         assert!(parse_swarm_key("/key/swarm/psk/1.0.0/\n/base16/\n11").is_err());
         assert!(parse_swarm_key("").is_err());
+        // Found by fuzzing (fuzz/regressions/swarm_key): used to panic in libp2p-pnet.
+        assert!(parse_swarm_key(&text.replacen("11", "\u{39a}", 1)).is_err());
     }
 }

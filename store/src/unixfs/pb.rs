@@ -182,7 +182,14 @@ fn parse_cid(bytes: &[u8]) -> Result<Cid, String> {
 fn decode_link(bytes: &[u8]) -> Result<PbLink, String> {
     let mut fields = Fields::new(bytes);
     let (mut hash, mut name, mut tsize) = (None, None, None);
+    let mut last_field = 0;
     while let Some((field, value)) = fields.next_field()? {
+        // dag-pb fixes the order (Hash, Name, Tsize), as the link walk's
+        // decoder (ipld-dagpb) and Kubo's do: accept nothing they refuse.
+        if field <= last_field {
+            return Err(format!("PBLink field {field} after field {last_field}"));
+        }
+        last_field = field;
         match (field, value) {
             (1, Value::Bytes(b)) if hash.is_none() => hash = Some(parse_cid(b)?),
             (2, Value::Bytes(b)) if name.is_none() => {
@@ -205,6 +212,11 @@ pub(crate) fn decode_node(bytes: &[u8]) -> Result<PbNode, String> {
     let mut node = PbNode::default();
     while let Some((field, value)) = fields.next_field()? {
         match (field, value) {
+            // Links come before Data (dag-pb's canonical order, which the
+            // link walk's decoder requires too).
+            (2, Value::Bytes(_)) if node.data.is_some() => {
+                return Err("PBNode link after Data".into())
+            }
             (2, Value::Bytes(b)) => node.links.push(decode_link(b)?),
             (1, Value::Bytes(b)) if node.data.is_none() => node.data = Some(b.to_vec()),
             (f, _) => return Err(format!("unexpected or repeated field {f} in PBNode")),
@@ -369,6 +381,10 @@ mod tests {
             &[0xff; 11][..],
             &[0x0b][..],
             &[0x12, 0x02, 0x0a, 0x00][..],
+            // A link after Data (fuzz/regressions/unixfs_node), and a
+            // link's Name before its Hash: orders ipld-dagpb refuses.
+            &[0x0a, 0x00, 0x12, 0x04, 0x0a, 0x02, 0x00, 0x00][..],
+            &[0x12, 0x06, 0x12, 0x00, 0x0a, 0x02, 0x00, 0x00][..],
         ] {
             assert!(decode_node(bytes).is_err(), "{bytes:?}");
         }
