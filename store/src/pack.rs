@@ -104,6 +104,10 @@ struct Writer {
     failed: HashMap<u32, String>,
 }
 
+/// Pack read handles kept open at most (I-16: the cache must not grow with
+/// the store; found by the hostile-peer soak, one fd per pack ever read).
+const MAX_OPEN_READERS: usize = 64;
+
 /// All pack files of a repo: the single appender and shared read handles.
 pub(crate) struct Packs {
     dir: PathBuf,
@@ -414,6 +418,13 @@ impl Packs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::PackGone),
             Err(e) => return Err(ReadFailure::Io(e)),
         };
+        if readers.len() >= MAX_OPEN_READERS {
+            // Any one will do: a reader in use keeps its own handle (Arc),
+            // and reopening a pack later costs one open(2).
+            if let Some(&evicted) = readers.keys().next() {
+                readers.remove(&evicted);
+            }
+        }
         readers.insert(id, Arc::clone(&file));
         Ok(file)
     }
@@ -577,6 +588,35 @@ mod tests {
         assert_eq!(seen, vec![(b"cid-a".to_vec(), a), (b"cid-bb".to_vec(), b)]);
         packs.release(&mut holds);
         assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn open_read_handles_are_bounded_i16() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Tiny packs: every record seals its pack and starts a new one.
+        let packs = Packs::open(dir.path().join("packs"), 64).expect("open");
+        let mut locs = Vec::new();
+        for i in 0..(MAX_OPEN_READERS * 2) {
+            let mut holds = BTreeSet::new();
+            let cid = format!("cid-{i}");
+            let loc = packs
+                .append(cid.as_bytes(), &[i as u8; 100], &mut holds)
+                .expect("append");
+            packs.sync(&holds).expect("sync");
+            packs.release(&mut holds);
+            locs.push((cid, loc));
+        }
+        let last = locs.last().expect("records").1.pack;
+        assert!(last as usize > MAX_OPEN_READERS, "only {last} packs");
+        for (cid, loc) in &locs {
+            packs.read(*loc, cid.as_bytes()).expect("read");
+        }
+        assert!(lock(&packs.readers).len() <= MAX_OPEN_READERS);
+        let (cid, loc) = &locs[0];
+        assert_eq!(
+            &packs.read(*loc, cid.as_bytes()).expect("reopen")[..],
+            &[0u8; 100]
+        );
     }
 
     #[test]
