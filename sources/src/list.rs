@@ -191,6 +191,7 @@ pub fn for_each_entry<R: BlockRead>(
 mod tests {
     use super::*;
     use ipnix_store::{BlockWrite, MemoryBlocks};
+    use proptest::prelude::any;
 
     fn entry(index: u64, ok: bool) -> EntryStatus {
         EntryStatus {
@@ -207,6 +208,39 @@ mod tests {
             source: ok.then(|| cid_for(DAG_CBOR, &index.to_be_bytes())),
             aliases: Vec::new(),
             attempted: 1,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_list_round_trips(
+            specs in proptest::collection::vec(
+                (any::<u64>(), any::<bool>(), proptest::option::of("[a-z-]{1,12}"),
+                 proptest::collection::vec("[ -~]{0,40}", 0..4), proptest::option::of(any::<u64>())),
+                0..700,
+            ),
+            name in "[a-z0-9.+_-]{1,20}",
+        ) {
+            let entries: Vec<EntryStatus> = specs
+                .into_iter()
+                .map(|(index, ok, reason, urls, size)| EntryStatus {
+                    reason,
+                    urls,
+                    size,
+                    ..entry(index, ok)
+                })
+                .collect();
+            let blocks = build(&name, None, &entries, 7).expect("build");
+            let mut store = MemoryBlocks::new();
+            for (cid, bytes) in &blocks {
+                store.write_block(*cid, bytes).expect("write");
+            }
+            let root = load_root(&store, &blocks.last().expect("root").0).expect("root");
+            let mut back = Vec::new();
+            for_each_entry(&store, &root, |e| back.push(e)).expect("entries");
+            proptest::prop_assert_eq!(back, entries);
+            proptest::prop_assert_eq!(root.name, name);
         }
     }
 
