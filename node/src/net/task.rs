@@ -1161,68 +1161,32 @@ impl SwarmTask {
 
     /// Answers from the store index: only a path-info whose block is here.
     fn local_pathinfo(&self, hash_part: &str) -> Option<Cid> {
-        let bytes = self
-            .store
-            .index_get(pathinfo::PATH_INDEX, hash_part.as_bytes())
+        let cid = ipnix_bridge::path_index::get(&self.store, hash_part)
             .map_err(|e| tracing::warn!("path-info lookup {hash_part}: {e}"))
             .ok()??;
-        let cid = Cid::try_from(bytes.as_slice()).ok()?;
         matches!(self.store.has(&cid), Ok(true)).then_some(cid)
     }
 
     fn on_pathinfo_event(&mut self, event: pathinfo::Event) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                // Not sharing: "not here", as for a path this node lacks.
-                let found = if self.share_paths {
-                    self.local_pathinfo(&request.hash_part)
-                } else {
-                    None
-                };
-                tracing::debug!("path-info {} asked by {peer}: {found:?}", request.hash_part);
-                let response = pathinfo::Response { pathinfo: found };
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .pathinfo
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("path-info answer to {peer}: the stream closed");
-                }
-            }
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                let found = response.pathinfo.map(|cid| (peer, cid));
-                self.on_ask_answer(AskProtocol::PathInfo, request_id, found);
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!("path-info question to {peer} failed: {error}");
-                self.on_ask_answer(AskProtocol::PathInfo, request_id, None);
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!("path-info question from {peer} failed: {error}");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+        let Some((peer, request, channel)) = self.on_ask_event(AskProtocol::PathInfo, event) else {
+            return;
+        };
+        // Not sharing: "not here", as for a path this node lacks.
+        let found = if self.share_paths {
+            self.local_pathinfo(&request.hash_part)
+        } else {
+            None
+        };
+        tracing::debug!("path-info {} asked by {peer}: {found:?}", request.hash_part);
+        let response = pathinfo::Response { pathinfo: found };
+        if self
+            .swarm
+            .behaviour_mut()
+            .pathinfo
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!("path-info answer to {peer}: the stream closed");
         }
     }
 
@@ -1231,6 +1195,35 @@ impl SwarmTask {
     /// Answers `/ipnix/source/1.0.0` from the `source` index (always on:
     /// see [`sourceshare`]) and routes answers to our own questions.
     fn on_source_event(&mut self, event: sourceshare::Event) {
+        let Some((peer, request, channel)) = self.on_ask_event(AskProtocol::Source, event) else {
+            return;
+        };
+        let found = sourceshare::local_answer(&self.store, &request);
+        tracing::debug!("source {} asked by {peer}: {found:?}", request.key());
+        let response = pathinfo::Response { pathinfo: found };
+        if self
+            .swarm
+            .behaviour_mut()
+            .source
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!("source answer to {peer}: the stream closed");
+        }
+    }
+
+    /// The part both ask protocols share: answers and failures of our own
+    /// questions go to [`Self::on_ask_answer`]; a question from a peer is
+    /// returned for the protocol's own handler to answer.
+    fn on_ask_event<Q>(
+        &mut self,
+        protocol: AskProtocol,
+        event: request_response::Event<Q, pathinfo::Response>,
+    ) -> Option<(
+        PeerId,
+        Q,
+        request_response::ResponseChannel<pathinfo::Response>,
+    )> {
         match event {
             request_response::Event::Message {
                 peer,
@@ -1239,20 +1232,7 @@ impl SwarmTask {
                         request, channel, ..
                     },
                 ..
-            } => {
-                let found = sourceshare::local_answer(&self.store, &request);
-                tracing::debug!("source {} asked by {peer}: {found:?}", request.key());
-                let response = pathinfo::Response { pathinfo: found };
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .source
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("source answer to {peer}: the stream closed");
-                }
-            }
+            } => return Some((peer, request, channel)),
             request_response::Event::Message {
                 peer,
                 message:
@@ -1263,7 +1243,7 @@ impl SwarmTask {
                 ..
             } => {
                 let found = response.pathinfo.map(|cid| (peer, cid));
-                self.on_ask_answer(AskProtocol::Source, request_id, found);
+                self.on_ask_answer(protocol, request_id, found);
             }
             request_response::Event::OutboundFailure {
                 peer,
@@ -1271,14 +1251,15 @@ impl SwarmTask {
                 error,
                 ..
             } => {
-                tracing::debug!("source question to {peer} failed: {error}");
-                self.on_ask_answer(AskProtocol::Source, request_id, None);
+                tracing::debug!("{protocol:?} question to {peer} failed: {error}");
+                self.on_ask_answer(protocol, request_id, None);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!("source question from {peer} failed: {error}");
+                tracing::debug!("{protocol:?} question from {peer} failed: {error}");
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+        None
     }
 
     fn dht_peers(&mut self) -> usize {
