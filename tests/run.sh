@@ -49,4 +49,4 @@ tests/fuzz.sh
 step "test (inside a loopback-only network namespace)"
 export IPNIX_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/ipnix
 export RUST_BACKTRACE=1
-exec "$SHARED/peers/sandbox" cargo test --workspace --offline --locked "$@"
+exec "$SHARED/peers/sandbox" cargo test --workspace --offline --locked --no-fail-fast "$@"
