@@ -5,13 +5,17 @@
 //! size is an error. A NAR checked against a recorded hash reads stored
 //! blocks without re-hashing them, since that hash covers every byte
 //! (DESIGN.md I-21). On disk nothing is ever written through a symlink.
+//!
+//! A large blob's contents are a UnixFS file, or (for a flat source tarball
+//! kept as tree + recipe, DESIGN.md I-27) a DAG-CBOR object that something
+//! above the bridge rebuilds: callers hand a [`BlobRebuilder`] in.
 
 use crate::git::{self, parse_blob, parse_tree, BlobHasher, GitError, Mode};
 use crate::hash::NixHash;
 use crate::nar::{NarError, NarSummary, NarWriter, MAX_DEPTH};
 use crate::pathinfo::{LargeBlob, PathInfo, PathInfoError, RootKind};
 use cid::Cid;
-use ipnix_store::block::{verify, BlockError, DAG_CBOR, GIT_RAW};
+use ipnix_store::block::{verify, BlockError, DAG_CBOR, DAG_PB, GIT_RAW, RAW};
 use ipnix_store::unixfs::{self, UnixfsError};
 use ipnix_store::{BlockRead, Bytes, StoreError};
 use std::ffi::OsStr;
@@ -60,6 +64,17 @@ pub enum ExportError {
     LargeBlobSize { git: Cid, expected: u64 },
     #[error("symlink {0} is stored as a large blob; symlink targets are small")]
     LargeSymlink(Cid),
+    #[error(
+        "large blob {git}: its contents {contents} need a rebuilder that this export was not given"
+    )]
+    NoRebuilder { git: Cid, contents: Cid },
+    #[error("large blob {git}: rebuilding {contents}: {source}")]
+    Rebuild {
+        git: Cid,
+        contents: Cid,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0} is neither a path-info (dag-cbor) nor a git object (git-raw)")]
     NotARoot(Cid),
     #[error("trees nested deeper than {MAX_DEPTH}")]
@@ -87,6 +102,26 @@ struct Plan {
     root: Cid,
     blobs: Vec<LargeBlob>,
     expected: Option<(NixHash, u64)>,
+}
+
+/// Rebuilds the bytes of a large blob whose contents are not a UnixFS file
+/// (a tarball recipe: its codec is dag-cbor). The bridge cannot depend on
+/// what rebuilds them (DESIGN.md I-27), so the caller hands one in.
+pub trait BlobRebuilder {
+    /// Streams the bytes `contents` describes into `out`; `None` when this
+    /// rebuilder does not know such objects. The walk checks the length and
+    /// the git blob id (or the NAR hash) of what arrives.
+    fn rebuild(&self, contents: &Cid, out: &mut dyn Write) -> Option<io::Result<()>>;
+}
+
+/// The rebuilder of exports that know UnixFS contents only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRebuilder;
+
+impl BlobRebuilder for NoRebuilder {
+    fn rebuild(&self, _: &Cid, _: &mut dyn Write) -> Option<io::Result<()>> {
+        None
+    }
 }
 
 /// Reads and decodes a path-info block.
@@ -203,6 +238,7 @@ impl<W: Write> Sink for NarSink<W> {
 struct Walker<'a, R: BlockRead> {
     r: &'a R,
     blobs: &'a [LargeBlob],
+    rebuilder: &'a dyn BlobRebuilder,
     /// The output is checked against a recorded NAR hash before it counts:
     /// stored blocks need not be re-hashed, nor large blobs re-checked
     /// against their git ids (DESIGN.md I-21).
@@ -310,6 +346,10 @@ impl<R: BlockRead> Walker<'_, R> {
         executable: bool,
         sink: &mut S,
     ) -> Result<(), ExportError> {
+        let codec = blob.unixfs.codec();
+        if codec != DAG_PB && codec != RAW {
+            return self.rebuilt_file(blob, executable, sink);
+        }
         let unixfs_error = |source| ExportError::Unixfs {
             cid: blob.unixfs,
             source,
@@ -362,6 +402,90 @@ impl<R: BlockRead> Walker<'_, R> {
     }
 }
 
+impl<R: BlockRead> Walker<'_, R> {
+    /// A large blob rebuilt by the caller's [`BlobRebuilder`]: its length
+    /// and git blob id are checked here whether or not a NAR hash covers it
+    /// (a rebuilder runs code over many blocks; trust none of it).
+    fn rebuilt_file<S: Sink>(
+        &self,
+        blob: &LargeBlob,
+        executable: bool,
+        sink: &mut S,
+    ) -> Result<(), ExportError> {
+        sink.file(executable, blob.size)?;
+        let mut out = BlobSinkWriter {
+            sink,
+            remaining: blob.size,
+            hasher: BlobHasher::new(blob.size),
+            failed: None,
+        };
+        let rebuilt =
+            self.rebuilder
+                .rebuild(&blob.unixfs, &mut out)
+                .ok_or(ExportError::NoRebuilder {
+                    git: blob.git,
+                    contents: blob.unixfs,
+                })?;
+        if let Some(failed) = out.failed.take() {
+            return Err(failed);
+        }
+        rebuilt.map_err(|source| ExportError::Rebuild {
+            git: blob.git,
+            contents: blob.unixfs,
+            source,
+        })?;
+        if out.remaining != 0 {
+            return Err(ExportError::LargeBlobSize {
+                git: blob.git,
+                expected: blob.size,
+            });
+        }
+        let id = git::git_id(&blob.git).map_err(|source| ExportError::Git {
+            cid: blob.git,
+            source,
+        })?;
+        if out.hasher.finish() != id {
+            return Err(ExportError::LargeBlobMismatch { git: blob.git });
+        }
+        Ok(())
+    }
+}
+
+/// Feeds a rebuilder's output to the sink, refusing bytes past the
+/// recorded size and hashing them as a git blob.
+struct BlobSinkWriter<'s, S: Sink> {
+    sink: &'s mut S,
+    remaining: u64,
+    hasher: BlobHasher,
+    /// The sink's own error, kept whole (the rebuilder sees an io::Error).
+    failed: Option<ExportError>,
+}
+
+impl<S: Sink> Write for BlobSinkWriter<'_, S> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.failed.is_some() {
+            return Err(io::Error::other("the export already failed"));
+        }
+        if data.len() as u64 > self.remaining {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "rebuilt bytes exceed the recorded blob size",
+            ));
+        }
+        self.remaining -= data.len() as u64;
+        self.hasher.update(data);
+        if let Err(e) = self.sink.file_data(data) {
+            let message = e.to_string();
+            self.failed = Some(e);
+            return Err(io::Error::other(message));
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn unixfs_read_error(cid: Cid, e: io::Error) -> ExportError {
     match e.downcast::<UnixfsError>() {
         Ok(source) => ExportError::Unixfs { cid, source },
@@ -406,6 +530,16 @@ pub fn export_nar<R: BlockRead, W: Write>(
     cid: &Cid,
     w: W,
 ) -> Result<NarSummary, ExportError> {
+    export_nar_with(r, cid, w, &NoRebuilder)
+}
+
+/// [`export_nar`] for DAGs whose large blobs may need `rebuilder`.
+pub fn export_nar_with<R: BlockRead, W: Write>(
+    r: &R,
+    cid: &Cid,
+    w: W,
+    rebuilder: &dyn BlobRebuilder,
+) -> Result<NarSummary, ExportError> {
     let plan = plan(r, cid)?;
     let mut sink = NarSink {
         nar: NarWriter::new(w)?,
@@ -414,6 +548,7 @@ pub fn export_nar<R: BlockRead, W: Write>(
     Walker {
         r,
         blobs: &plan.blobs,
+        rebuilder,
         nar_hash_checked: plan.expected.is_some(),
     }
     .node(plan.kind, &plan.root, &mut sink, 0)?;
@@ -520,6 +655,16 @@ impl Sink for FsSink {
 /// (O_EXCL, mkdir), so nothing is written through a symlink or over anything.
 /// On any error, including a NAR hash or size mismatch, what was created is removed.
 pub fn export_dir<R: BlockRead>(r: &R, cid: &Cid, dest: &Path) -> Result<NarSummary, ExportError> {
+    export_dir_with(r, cid, dest, &NoRebuilder)
+}
+
+/// [`export_dir`] for DAGs whose large blobs may need `rebuilder`.
+pub fn export_dir_with<R: BlockRead>(
+    r: &R,
+    cid: &Cid,
+    dest: &Path,
+    rebuilder: &dyn BlobRebuilder,
+) -> Result<NarSummary, ExportError> {
     match fs::symlink_metadata(dest) {
         Ok(_) => return Err(ExportError::Exists(dest.to_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -540,6 +685,7 @@ pub fn export_dir<R: BlockRead>(r: &R, cid: &Cid, dest: &Path) -> Result<NarSumm
         Walker {
             r,
             blobs: &plan.blobs,
+            rebuilder,
             nar_hash_checked: false,
         }
         .node(plan.kind, &plan.root, &mut sink, 0)?;

@@ -17,7 +17,10 @@ pub mod pathinfo;
 pub mod swhid;
 
 pub use ca::{ContentAddress, FileIngestion};
-pub use export::{export_dir, export_nar, load_pathinfo, ExportError};
+pub use export::{
+    export_dir, export_dir_with, export_nar, export_nar_with, load_pathinfo, BlobRebuilder,
+    ExportError, NoRebuilder,
+};
 pub use hash::{HashAlgo, NixHash, StorePath};
 pub use import::{import_nar, ImportError, Imported, PathMeta};
 pub use nar::{NarEvent, NarReader, NarSummary, NarWriter};

@@ -82,7 +82,8 @@ pub struct Reference {
 }
 
 /// A file too big for one git-raw block: its git blob CID, the UnixFS file
-/// holding its contents, and its size in bytes.
+/// holding its contents (or, for a flat source tarball, the dag-cbor recipe
+/// that rebuilds them from a tree: DESIGN.md I-27), and its size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LargeBlob {
     pub git: Cid,
@@ -244,11 +245,14 @@ impl PathInfo {
         for blob in &self.blobs {
             check_git_cid(&blob.git).map_err(|e| field("blobs", e))?;
             let codec = blob.unixfs.codec();
-            if !(codec == DAG_PB || codec == RAW) || blob.unixfs.hash().code() != SHA2_256 {
+            // dag-cbor: a tarball recipe that rebuilds the bytes (DESIGN.md I-27).
+            if !(codec == DAG_PB || codec == RAW || codec == DAG_CBOR)
+                || blob.unixfs.hash().code() != SHA2_256
+            {
                 return Err(field(
                     "blobs",
                     format!(
-                        "{} is not a UnixFS (dag-pb or raw, sha2-256) CID",
+                        "{} is not a UnixFS (dag-pb or raw) or recipe (dag-cbor) sha2-256 CID",
                         blob.unixfs
                     ),
                 ));

@@ -1,7 +1,7 @@
 //! The daemon: starts the libp2p node on an open store, serves the HTTP
 //! surfaces (trustless gateway, Nix binary cache, /metrics on `--http`; the
 //! control API on the same listener when that is loopback, else on a
-//! loopback listener of its own), writes the control API's token and then
+//! loopback listener of its own; the Kubo RPC API on `--rpc`), writes the control API's token and then
 //! its address to the repo (`api.token`, `api`), and shuts everything down
 //! in order on SIGINT/SIGTERM, removing both files.
 
@@ -29,6 +29,19 @@ pub enum DaemonError {
     Repo(#[from] crate::repo::RepoError),
     #[error("--api {0}: the control API listens only on loopback (127.0.0.0/8 or [::1]); the LAN gets --http (gateway, binary cache, metrics)")]
     ApiNotLoopback(SocketAddr),
+    #[error("--rpc {0}: the Kubo RPC API is a write API without a token and listens only on loopback (127.0.0.0/8 or [::1])")]
+    RpcNotLoopback(SocketAddr),
+}
+
+/// The Kubo RPC API listener ([`crate::http::rpc`]).
+#[derive(Debug, Clone)]
+pub struct RpcListen {
+    pub addr: SocketAddr,
+    /// Asked for explicitly: a taken address is an error. Otherwise (the
+    /// default, Kubo's port) the daemon starts without it and warns.
+    pub required: bool,
+    /// Largest request body, in bytes.
+    pub max_body: u64,
 }
 
 /// How the daemon runs.
@@ -49,6 +62,10 @@ pub struct DaemonConfig {
     pub peer_timeout: std::time::Duration,
     /// How long one block may take from peers before a read fails.
     pub fetch_timeout: std::time::Duration,
+    /// The Kubo RPC API; `None`: off.
+    pub rpc: Option<RpcListen>,
+    /// Software Heritage for pinned lists' failed entries; `None`: off.
+    pub swh: Option<ipnix_sources::swh::SwhConfig>,
 }
 
 /// What a running daemon tells its caller once it is up.
@@ -60,6 +77,8 @@ pub struct Ready {
     pub http: SocketAddr,
     /// The control API: equal to `http` when they share a listener.
     pub api: SocketAddr,
+    /// The Kubo RPC API, when it listens.
+    pub rpc: Option<SocketAddr>,
 }
 
 /// Runs until `shutdown` completes. `make_runner` builds the command runner of
@@ -100,6 +119,22 @@ pub async fn run(
         Some(listener) => local_addr(listener, http)?,
         None => http,
     };
+    let rpc_listener = match &config.rpc {
+        None => None,
+        Some(rpc) if !rpc.addr.ip().is_loopback() => {
+            return Err(DaemonError::RpcNotLoopback(rpc.addr))
+        }
+        Some(rpc) => {
+            match bind(rpc.addr).await {
+                Ok(listener) => Some((local_addr(&listener, rpc.addr)?, listener, rpc.max_body)),
+                Err(e) if !rpc.required => {
+                    tracing::warn!("Kubo RPC API off: {e} (another IPFS node there? choose one with --rpc ADDR)");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
     let node = Node::start(config.net, store.clone()).await?;
     let handle = node.handle();
     let runner = make_runner(handle.clone());
@@ -113,6 +148,13 @@ pub async fn run(
             trusted_keys: config.trusted_keys,
             peer_timeout: config.peer_timeout,
             fetch_timeout: config.fetch_timeout,
+            swh: config.swh.map(|swh| {
+                crate::http::swh::SwhFallback::start(
+                    store.clone(),
+                    swh,
+                    config.repo.root().join("tmp"),
+                )
+            }),
         },
         Access::new(&token, api.port()),
     );
@@ -121,7 +163,17 @@ pub async fn run(
         listen: handle.listen_addrs().await?,
         http,
         api,
+        rpc: rpc_listener.as_ref().map(|(addr, _, _)| *addr),
     };
+    let rpc_router = rpc_listener.as_ref().map(|(addr, _, max_body)| {
+        crate::http::rpc::router(crate::http::rpc::RpcState {
+            store: store.clone(),
+            node: Some(handle.clone()),
+            fetch_timeout: config.fetch_timeout,
+            max_body: *max_body,
+            port: addr.port(),
+        })
+    });
     // Removes both files however this function returns, from here on.
     let published = Published {
         repo: config.repo.clone(),
@@ -138,23 +190,33 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let served = match control_listener {
-        None => {
-            serve(
-                public_listener,
-                routers.public.merge(routers.control),
-                &stop,
-            )
-            .await
-        }
-        Some(control_listener) => {
-            let (public, control) = tokio::join!(
-                serve(public_listener, routers.public, &stop),
-                serve(control_listener, routers.control, &stop),
-            );
-            public.and(control)
+    let main_served = async {
+        match control_listener {
+            None => {
+                serve(
+                    public_listener,
+                    routers.public.merge(routers.control),
+                    &stop,
+                )
+                .await
+            }
+            Some(control_listener) => {
+                let (public, control) = tokio::join!(
+                    serve(public_listener, routers.public, &stop),
+                    serve(control_listener, routers.control, &stop),
+                );
+                public.and(control)
+            }
         }
     };
+    let rpc_served = async {
+        match (rpc_listener, rpc_router) {
+            (Some((_, listener, _)), Some(router)) => serve(listener, router, &stop).await,
+            _ => Ok(()),
+        }
+    };
+    let (served, rpc_served) = tokio::join!(main_served, rpc_served);
+    let served = served.and(rpc_served);
     drop(published);
     node.shutdown().await;
     served

@@ -3,6 +3,7 @@
 //! repo layout the `ipnix` binary works on.
 
 pub mod bitswap;
+pub mod config;
 pub mod daemon;
 pub mod fetch;
 pub mod http;
@@ -11,3 +12,4 @@ pub mod net;
 pub mod pathinfo;
 pub mod repo;
 pub mod sourceshare;
+pub mod summary;

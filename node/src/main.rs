@@ -58,8 +58,10 @@ pub enum Command {
     Dag(DagCommand),
     /// This node's peer id and addresses
     Id,
-    /// Connected peers (needs the daemon)
+    /// Connected peers, one `/ip4/…/tcp/…/p2p/<id>` line each (needs the daemon)
     Peers,
+    /// Bitswap blocks and bytes in and out, and the recent transfers (needs the daemon)
+    Stats,
     /// Connect to a peer (needs the daemon)
     Connect { multiaddr: String },
     /// Announce a CID on the DHT (needs the daemon)
@@ -80,6 +82,41 @@ pub enum Command {
     /// Software Heritage identifiers
     #[command(subcommand)]
     Swh(SwhCommand),
+    /// The repo's settings (REPO/config, JSON), which daemon flags override
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory
+    Man {
+        /// Write ipnix.1, ipnix-add.1, ... into this directory
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting (defaults filled in) as JSON
+    Show,
+    /// Print one setting as JSON
+    Get {
+        /// A dotted key, e.g. Addresses.HTTP (`ipnix config keys` lists them)
+        key: String,
+    },
+    /// Change one setting; the daemon reads it at its next start
+    Set {
+        /// A dotted key, e.g. Addresses.HTTP
+        key: String,
+        /// The value: true/false, a number, a string (`null` unsets), or for
+        /// lists a JSON array or space-separated words
+        value: String,
+    },
+    /// List the keys with what each does and the daemon flag that overrides it
+    Keys,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +128,42 @@ pub enum SwhCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Ask Software Heritage which pinned sources it archives (POST /api/1/known/, 1000 a request)
+    #[command(after_help = "Example: ipnix swh coverage nixpkgs-unstable --json")]
+    Coverage {
+        /// A pinned list (default: every list)
+        name: Option<String>,
+        #[command(flatten)]
+        swh: SwhArgs,
+    },
+    /// Write the pinned sources Software Heritage lacks as a sources.json (version 1) its nixguix lister reads
+    #[command(after_help = "Example: ipnix swh export nixpkgs-unstable -o missing.json")]
+    Export {
+        /// A pinned list (default: every list)
+        name: Option<String>,
+        /// Where to write it (default stdout)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        swh: SwhArgs,
+    },
+}
+
+/// Software Heritage as the last fallback (and the API coverage asks).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SwhArgs {
+    /// Never ask Software Heritage (also: IPNIX_NO_SWH=1 unless --swh-url is given)
+    #[arg(long)]
+    pub no_swh: bool,
+    /// Software Heritage API base URL (default https://archive.softwareheritage.org)
+    #[arg(long, value_name = "URL")]
+    pub swh_url: Option<String>,
+    /// Send this bearer token to the SWH API (raises its rate limit); the file holds the token
+    #[arg(long, value_name = "FILE")]
+    pub swh_token_file: Option<PathBuf>,
+    /// First wait between SWH vault polls, in milliseconds (default 5000)
+    #[arg(long, value_name = "MS", hide = true)]
+    pub swh_poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +190,8 @@ pub enum SourcesCommand {
         /// Also trust this CA certificate (PEM) for HTTPS
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
+        #[command(flatten)]
+        swh: SwhArgs,
     },
     /// Pin one source by hand: from URLs (mirrors, in order) or a local file
     #[command(
@@ -155,19 +230,38 @@ pub enum SourcesCommand {
         /// Also trust this CA certificate (PEM) for HTTPS
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
+        #[command(flatten)]
+        swh: SwhArgs,
     },
     /// Remove a list's pin (then `ipnix gc` frees what nothing else pins)
     Unpin { name: String },
+    /// Store a tarball as its unpacked tree plus a small recipe that rebuilds it byte for byte
+    #[command(after_help = "Example: ipnix sources disassemble hello-2.10.tar.gz --json")]
+    Disassemble {
+        /// The tarball (tar, tar.gz, tar.bz2, tar.xz, tar.zst)
+        file: PathBuf,
+    },
+    /// Rebuild a tarball from its recipe and tree, verified before the file appears
+    #[command(
+        after_help = "Example: ipnix sources reassemble sha256-MeBmE3qW... -o hello-2.10.tar.gz"
+    )]
+    Reassemble {
+        /// A recipe CID, or the tarball's hash (SRI, algo:digest, hex or nix32)
+        what: String,
+        /// Where to write it (must not exist)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// libp2p listen address (repeatable; default /ip4/0.0.0.0/tcp/4801 and /ip4/0.0.0.0/udp/4801/quic-v1)
+    /// libp2p listen address (repeatable; default: config Addresses.Swarm, /ip4/0.0.0.0/tcp/4801 and /ip4/0.0.0.0/udp/4801/quic-v1)
     #[arg(long = "listen", value_name = "MULTIADDR")]
     pub listen: Vec<String>,
-    /// HTTP address for the gateway, Nix binary cache and metrics, and for the control API when it is loopback
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4880")]
-    pub http: String,
+    /// HTTP address for the gateway, Nix binary cache, metrics and status page, and for the control API when it is loopback (default: config Addresses.HTTP, 127.0.0.1:4880)
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Do not discover LAN peers with mDNS
     #[arg(long)]
     pub no_mdns: bool,
@@ -183,12 +277,12 @@ pub struct DaemonArgs {
     /// Sign narinfos served by the binary cache with this Nix secret key (name:base64)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
-    /// How long a narinfo or hashed-mirror request this node cannot answer waits for peers, in milliseconds
-    #[arg(long, value_name = "MS", default_value_t = 100)]
-    pub peer_timeout: u64,
-    /// How long one block may take to arrive from peers before a read (cat, get, gateway, binary cache) fails, in seconds
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub fetch_timeout: u64,
+    /// How long a narinfo or hashed-mirror request this node cannot answer waits for peers, in milliseconds (default: config Timeouts.PeerMs, 100)
+    #[arg(long, value_name = "MS")]
+    pub peer_timeout: Option<u64>,
+    /// How long one block may take to arrive from peers before a read (cat, get, gateway, binary cache) fails, in seconds (default: config Timeouts.FetchSecs, 60)
+    #[arg(long, value_name = "SECS")]
+    pub fetch_timeout: Option<u64>,
     /// Control API address, loopback only (default: the --http listener when that is loopback, else 127.0.0.1 on a free port; the repo's `api` file names it)
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
@@ -201,6 +295,15 @@ pub struct DaemonArgs {
     /// Tell peers which Nix store paths this node holds (/ipnix/pathinfo/1.0.0 answers, DHT announcements); always on with --swarm-key
     #[arg(long)]
     pub share_paths: bool,
+    /// Kubo RPC API address (/api/v0: kubo-rpc-client, ipfs-cluster), loopback only, or `off` (default 127.0.0.1:5001, Kubo's port; when that is taken the daemon starts without it and warns)
+    #[arg(long, value_name = "ADDR|off")]
+    pub rpc: Option<String>,
+    /// Largest request body the Kubo RPC API accepts, in bytes (default 32 GiB)
+    #[arg(long, value_name = "BYTES")]
+    pub rpc_max_body: Option<u64>,
+    /// Software Heritage for the hashed mirror and the fixed-output narinfos of pinned lists' failed entries
+    #[command(flatten)]
+    pub swh: SwhArgs,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +410,8 @@ pub enum NixCommand {
     },
     /// Path-info CID, root CID, SWHID, NAR hash and size, references
     Info { path: String },
+    /// Every indexed store path: status (pinned, source, unpinned, missing), path-info CID, origin
+    Ls,
 }
 
 fn main() {

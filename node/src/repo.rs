@@ -9,6 +9,7 @@
 //! REPO/
 //!   store/          ipnix-store: redb database and pack files
 //!   identity.key    libp2p Ed25519 keypair, protobuf-encoded, mode 0600
+//!   config          settings, JSON (`ipnix config`; see crate::config); optional
 //!   daemon.lock     flock held by the daemon for its whole life; holds its pid
 //!   api             "http://127.0.0.1:PORT" while a daemon serves its control API
 //!   api.token       the control API's bearer token while a daemon runs, mode 0600

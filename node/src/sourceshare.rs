@@ -36,7 +36,7 @@ use crate::net::{NetError, NodeHandle, PeerId};
 use crate::pathinfo::{self, Question};
 use cid::Cid;
 use futures::future::Either;
-use ipnix_bridge::{export_nar, ContentAddress, FileIngestion, HashAlgo, NixHash, PathInfo};
+use ipnix_bridge::{export_nar_with, ContentAddress, FileIngestion, HashAlgo, NixHash, PathInfo};
 use ipnix_sources::index::{self, IndexError, SourceRecord, StoredPath};
 use ipnix_store::block::{cid_for, RAW, SHA2_256};
 use ipnix_store::{Store, StoreError};
@@ -362,8 +362,17 @@ impl NodeHandle {
         let info = PathInfo::decode(&block).map_err(|e| Refusal::BadPathInfo(e.to_string()))?;
         let declared = check_claim(request, &info, config.max_bytes)?;
         // The DAG of a file is its bytes plus small UnixFS nodes; anything
-        // much larger than declared is not this source.
-        let cap = info.nar_size + info.nar_size / 16 + (1 << 20);
+        // much larger than declared is not this source. A tarball kept as
+        // tree + recipe (I-35) is its unpacked tree: the unpacker's cap.
+        let recipe_backed = info
+            .blobs
+            .iter()
+            .any(|b| b.unixfs.codec() == ipnix_store::block::DAG_CBOR);
+        let cap = if recipe_backed {
+            info.nar_size + ipnix_sources::unpack::DEFAULT_MAX_BYTES
+        } else {
+            info.nar_size + info.nar_size / 16 + (1 << 20)
+        };
         let over = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(Notify::new());
         let progress: ProgressFn = {
@@ -488,7 +497,13 @@ fn verify_and_index(
             len
         }
         FileIngestion::Recursive => {
-            export_nar(&**store, &cid, &mut sink).map_err(|e| Refusal::Read(e.to_string()))?;
+            export_nar_with(
+                &**store,
+                &cid,
+                &mut sink,
+                &ipnix_sources::tarball::RecipeRebuilder::new(&**store),
+            )
+            .map_err(|e| Refusal::Read(e.to_string()))?;
             info.nar_size
         }
     };

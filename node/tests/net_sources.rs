@@ -376,6 +376,7 @@ async fn the_hashed_mirror_serves_a_peers_source_and_404s_the_unknown() {
         store: b.store.clone(),
         node: Some(b.handle()),
         peers: config(Duration::from_secs(5)),
+        swh: None,
     };
     let app = mirror::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

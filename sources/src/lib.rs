@@ -11,6 +11,11 @@
 //! - [`index`]: the hash -> source index in the store's redb.
 //! - [`list`]: the pinned list object (DAG-CBOR) with every entry's outcome.
 //! - [`pin`]: the pinner that ties them together, resumable after a crash.
+//! - [`recipe`]: tarballs as trees: byte-exact disassembly and reassembly.
+//! - [`tarball`]: flat sources pinned as tree + recipe, rebuilt for NARs
+//!   and the hashed mirror.
+//! - [`swh`]: Software Heritage, the last fallback (content, ExtIDs, the
+//!   vault) and the `known` batches behind `ipnix swh coverage`.
 //!
 //! Dependencies run one way: store <- bridge <- sources <- node.
 
@@ -19,4 +24,7 @@ pub mod index;
 pub mod list;
 pub mod model;
 pub mod pin;
+pub mod recipe;
+pub mod swh;
+pub mod tarball;
 pub mod unpack;

@@ -51,6 +51,8 @@ pub enum PinError {
     WorkDir { path: PathBuf, source: io::Error },
     #[error("list name {0:?} is not usable: use letters, digits and -._+")]
     BadName(String),
+    #[error(transparent)]
+    Swh(#[from] crate::swh::SwhError),
 }
 
 /// How a run works.
@@ -68,6 +70,10 @@ pub struct PinConfig {
     pub unpack: UnpackLimits,
     /// A file on disk that plays every entry's download (`sources add --file`).
     pub local_file: Option<PathBuf>,
+    /// Software Heritage, tried when every URL failed (`None`: `--no-swh`).
+    pub swh: Option<crate::swh::SwhConfig>,
+    /// Keep flat tarballs as tree + recipe when the recipe pays (I-35).
+    pub tarballs_as_trees: bool,
 }
 
 impl PinConfig {
@@ -80,7 +86,21 @@ impl PinConfig {
             fetch: FetchConfig::default(),
             unpack: UnpackLimits::default(),
             local_file: None,
+            swh: None,
+            tarballs_as_trees: true,
         }
+    }
+
+    /// Whether flat tarballs are kept as tree + recipe (default) or as bytes.
+    pub fn with_tarballs_as_trees(mut self, as_trees: bool) -> Self {
+        self.tarballs_as_trees = as_trees;
+        self
+    }
+
+    /// Tries Software Heritage when every URL of an entry failed.
+    pub fn with_swh(mut self, swh: Option<crate::swh::SwhConfig>) -> Self {
+        self.swh = swh;
+        self
     }
 
     pub fn with_local_file(mut self, path: PathBuf) -> Self {
@@ -189,6 +209,11 @@ pub fn pin_list(
         source,
     })?;
     let fetcher = Fetcher::new(config.fetch.clone())?;
+    let swh = match &config.swh {
+        Some(swh) => Some(crate::swh::SwhClient::new(swh.clone())?),
+        None => None,
+    };
+    let swh = swh.as_ref();
     let holder = Mutex::new(store.session());
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Done>>> =
@@ -223,6 +248,7 @@ pub fn pin_list(
                     EntryKind::Url(source) => pin_one(
                         store,
                         &fetcher,
+                        swh,
                         config,
                         source,
                         entry.index,
@@ -344,9 +370,11 @@ impl From<FetchError> for Failure {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pin_one(
     store: &Store,
     fetcher: &Fetcher,
+    swh: Option<&crate::swh::SwhClient>,
     config: &PinConfig,
     source: &UrlSource,
     index: usize,
@@ -369,8 +397,26 @@ fn pin_one(
         attempted: now(),
     };
     let mut fetched_bytes = 0;
-    match store_source(store, fetcher, config, source, progress, &mut fetched_bytes) {
+    let mut from_swh = None;
+    let fetchers = Fetchers {
+        urls: Some(fetcher),
+        swh,
+    };
+    match store_source(
+        store,
+        &fetchers,
+        config,
+        source,
+        progress,
+        &mut fetched_bytes,
+        &mut from_swh,
+    ) {
         Ok(record) => {
+            if let Some(swhid) = from_swh {
+                // Stored, but from Software Heritage: every URL had failed.
+                status.reason = Some("swh".into());
+                status.detail = Some(format!("recovered from Software Heritage ({swhid})"));
+            }
             let mut cids = record
                 .paths
                 .iter()
@@ -401,14 +447,52 @@ fn pin_one(
     }
 }
 
+/// Where an entry's bytes may come from: its URLs, then Software Heritage.
+struct Fetchers<'a> {
+    /// `None`: the URLs are not tried (the daemon's SWH miss path).
+    urls: Option<&'a Fetcher>,
+    swh: Option<&'a crate::swh::SwhClient>,
+}
+
+/// Stores one source from Software Heritage alone (its URLs only name its
+/// store paths; they are not tried), with the same checks and commit as a
+/// list entry (I-22, I-23); unpinned, like what peers give. For the
+/// daemon's miss paths (hashed mirror, fixed-output narinfos); call on a
+/// thread that may block. Err: `(reason, detail)`.
+pub fn store_from_swh(
+    store: &Store,
+    swh: &crate::swh::SwhClient,
+    config: &PinConfig,
+    source: &UrlSource,
+) -> Result<SourceRecord, (String, String)> {
+    let fetchers = Fetchers {
+        urls: None,
+        swh: Some(swh),
+    };
+    let (mut bytes, mut from_swh) = (0, None);
+    store_source(
+        store,
+        &fetchers,
+        config,
+        source,
+        &NoProgress,
+        &mut bytes,
+        &mut from_swh,
+    )
+    .map_err(|f| (f.reason.to_owned(), f.detail))
+}
+
 /// Gets one source into the store and the index; reuses what is there.
+/// `from_swh` is set to the SWHID (or `content`) when Software Heritage
+/// gave it.
 fn store_source(
     store: &Store,
-    fetcher: &Fetcher,
+    fetchers: &Fetchers<'_>,
     config: &PinConfig,
     source: &UrlSource,
     progress: &dyn Progress,
     fetched_bytes: &mut u64,
+    from_swh: &mut Option<String>,
 ) -> Result<SourceRecord, Failure> {
     let store_err = |e: &dyn std::fmt::Display| Failure::new("io", e);
     if source.hash.algo() == HashAlgo::Md5 {
@@ -455,9 +539,44 @@ fn store_source(
                 inner: &mut sink,
                 progress,
             };
-            let fetched = fetcher.fetch(&source.urls, &mut counted)?;
-            *fetched_bytes = fetched.bytes;
-            Input::File(download, sink.finish().map_err(|e| Failure::new("io", e))?)
+            let fetched = match fetchers.urls {
+                Some(fetcher) => fetcher.fetch(&source.urls, &mut counted),
+                None => Err(FetchError::NoUrls),
+            };
+            match fetched {
+                Ok(fetched) => {
+                    *fetched_bytes = fetched.bytes;
+                    Input::File(download, sink.finish().map_err(|e| Failure::new("io", e))?)
+                }
+                Err(failed) => {
+                    let Some(swh) = fetchers.swh else {
+                        return Err(failed.into());
+                    };
+                    let url_failure = Failure::from(failed);
+                    let recovered =
+                        swh_fallback(store, swh, config, source, &mut sink, url_failure)?;
+                    match recovered {
+                        crate::swh::Recovered::File { swhid } => {
+                            *from_swh = Some(swhid.unwrap_or_else(|| "content".into()));
+                            let hashes = sink.finish().map_err(|e| Failure::new("io", e))?;
+                            *fetched_bytes = hashes.size;
+                            Input::File(download, hashes)
+                        }
+                        crate::swh::Recovered::Tree { swhid, root, work } => {
+                            *from_swh = Some(swhid);
+                            Input::SwhTree(root, work)
+                        }
+                        crate::swh::Recovered::ArchivedUnpacked { swhid } => {
+                            return Err(Failure::new(
+                                "archived-unpacked",
+                                format!(
+                                    "every URL failed; Software Heritage holds it only unpacked, as {swhid} (recoverable as a tree, not as these bytes: no recipe here rebuilds the tarball)"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
         }
     };
     let post_fetch_note = || {
@@ -492,6 +611,7 @@ fn store_source(
             "no usable store path name (the URL's file name is not a valid store name)",
         ));
     };
+    let mut swh_work: Option<tempfile::TempDir> = None;
     let (tree, sha256, size) = match (input, source.mode) {
         (Input::File(file, hashes), FileIngestion::Flat) => {
             if hashes.declared != source.hash {
@@ -506,16 +626,57 @@ fn store_source(
             (unpacked.root, None, 0)
         }
         (Input::Tree(path), _) => (path, None, 0),
+        (Input::SwhTree(path, work), _) => {
+            // Kept until the import below has read the tree.
+            swh_work = Some(work);
+            (path, None, 0)
+        }
+    };
+    // A flat tarball whose recipe pays is kept as tree + recipe (I-35).
+    let as_tree = if source.mode == FileIngestion::Flat && config.tarballs_as_trees {
+        crate::tarball::store_as_tree(store, &tree, &first_path, &ca.to_string())
+            .map_err(|e| Failure::new("io", e))?
+    } else {
+        None
     };
     let mut session = store.session();
-    let meta = PathMeta {
-        ca: Some(ca.to_string()),
-        ..PathMeta::new(first_path.clone())
+    let (imported, nar_hash) = match as_tree {
+        Some(kept) => {
+            let (cid, bytes) = kept
+                .pathinfo
+                .to_block()
+                .map_err(|e| Failure::new("io", format!("path-info for {first_path}: {e}")))?;
+            session.put_hashed(cid, &bytes).map_err(|e| store_err(&e))?;
+            let nar_hash = kept.pathinfo.nar_hash.clone();
+            let imported = ipnix_bridge::Imported {
+                pathinfo_cid: cid,
+                root_cid: kept.pathinfo.root.cid,
+                nar_hash: nar_hash.clone(),
+                nar_size: kept.pathinfo.nar_size,
+                pathinfo: kept.pathinfo,
+            };
+            (imported, nar_hash)
+        }
+        None => {
+            let meta = PathMeta {
+                ca: Some(ca.to_string()),
+                ..PathMeta::new(first_path.clone())
+            };
+            import_path(&mut session, &tree, meta, source.hash.algo())?
+        }
     };
-    let (imported, nar_hash) = import_path(&mut session, &tree, meta, source.hash.algo())?;
+    drop(swh_work);
     let size = if source.mode == FileIngestion::Recursive {
         if nar_hash != source.hash {
-            return Err(mismatch(nar_hash));
+            // Nothing commits: the session is dropped unfinished (I-22).
+            let mut failure = mismatch(nar_hash);
+            if let Some(swhid) = from_swh.take() {
+                failure.detail = format!(
+                    "the tree Software Heritage cooked for {swhid}: {}",
+                    failure.detail
+                );
+            }
+            return Err(failure);
         }
         imported.nar_size
     } else {
@@ -598,6 +759,50 @@ enum Input {
     File(PathBuf, FileHashes),
     /// A tree already on disk (a recursive source in the local Nix store).
     Tree(PathBuf),
+    /// A tree Software Heritage's vault cooked, in its work directory.
+    SwhTree(PathBuf, tempfile::TempDir),
+}
+
+/// Every URL failed (`url_failure`): asks Software Heritage. A source it
+/// does not have keeps the URLs' failure, noted.
+fn swh_fallback(
+    store: &Store,
+    swh: &crate::swh::SwhClient,
+    config: &PinConfig,
+    source: &UrlSource,
+    sink: &mut HashingFile,
+    url_failure: Failure,
+) -> Result<crate::swh::Recovered, Failure> {
+    match swh.recover(store, source.mode, &source.hash, &config.work_dir, sink) {
+        Ok(recovered) => Ok(recovered),
+        Err(crate::swh::SwhError::NotFound(_)) => Err(Failure {
+            detail: format!("{}; not in Software Heritage either", url_failure.detail),
+            ..url_failure
+        }),
+        Err(e) => Err(Failure::new(
+            e.reason(),
+            format!("{}; Software Heritage: {e}", url_failure.detail),
+        )),
+    }
+}
+
+/// Imports the tree at `path` into `session` as a git-tree DAG (its root
+/// CID is its git tree id), under a placeholder store path: the blocks a
+/// recipe links (Software Heritage's cooked directory of a flat tarball).
+pub(crate) fn import_tree(session: &mut Session<'_>, path: &Path) -> Result<(), String> {
+    let meta = PathMeta::new(format!(
+        "{DEFAULT_STORE_DIR}/00000000000000000000000000000000-swh-tree"
+    ));
+    import_path(session, path, meta, HashAlgo::Sha256)
+        .map(|_| ())
+        .map_err(|f| f.detail)
+}
+
+/// The NAR hash in `algo` of the file or tree at `path` (stores nothing).
+pub fn nar_hash_of(path: &Path, algo: HashAlgo) -> Result<NixHash, String> {
+    let mut hashing = HashingWriter::new(io::sink(), algo);
+    ipnix_bridge::dump::dump_path(path, &mut hashing).map_err(|e| e.to_string())?;
+    Ok(hashing.finish())
 }
 
 /// Imports the file or tree at `path` as a store path; returns the import
@@ -812,6 +1017,17 @@ pub fn open_flat<R: ipnix_store::BlockRead + Clone + Send + 'static>(
         return Err(format!("{} is not a single file", info.store_path));
     }
     if let Some(large) = info.large_blob(&info.root.cid) {
+        if large.unixfs.codec() == ipnix_store::block::DAG_CBOR {
+            let (size, file) =
+                crate::tarball::open_rebuilt(&blocks, &large.unixfs).map_err(|e| e.to_string())?;
+            if size != large.size {
+                return Err(format!(
+                    "{}: rebuilt {size} bytes, the path-info records {}",
+                    info.store_path, large.size
+                ));
+            }
+            return Ok((size, Box::new(file)));
+        }
         let reader = ipnix_store::unixfs::cat(blocks, &large.unixfs).map_err(|e| e.to_string())?;
         return Ok((reader.len(), Box::new(reader)));
     }

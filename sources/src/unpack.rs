@@ -872,7 +872,7 @@ fn create_file(path: &Path, executable: bool) -> Result<File, UnpackError> {
 
 /// Splits an archive path into checked components; `.` and empty ones
 /// (leading `./`, trailing or doubled `/`) are dropped.
-fn split_name(name: &[u8]) -> Result<Vec<Vec<u8>>, UnsafeReason> {
+pub(crate) fn split_name(name: &[u8]) -> Result<Vec<Vec<u8>>, UnsafeReason> {
     if name.contains(&0) {
         return Err(UnsafeReason::Nul);
     }
@@ -897,7 +897,7 @@ fn split_name(name: &[u8]) -> Result<Vec<Vec<u8>>, UnsafeReason> {
 /// and the link) may point at `target` if it cannot leave the tree however
 /// the components it passes resolve: `..` only at the start, at most
 /// `depth` of them.
-fn check_symlink(target: &[u8], depth: usize) -> Result<(), UnsafeReason> {
+pub(crate) fn check_symlink(target: &[u8], depth: usize) -> Result<(), UnsafeReason> {
     check_target(target).map_err(UnsafeReason::BadTarget)?;
     let shown = || lossy(target);
     if target.starts_with(b"/") {

@@ -59,6 +59,9 @@ impl Ipnix {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--repo").arg(self.repo.path());
         cmd.env_remove("IPNIX_REPO");
+        // No test may reach the public Software Heritage archive: SWH is off
+        // unless a test passes --swh-url (its loopback server).
+        cmd.env("IPNIX_NO_SWH", "1");
         cmd
     }
 

@@ -6,4 +6,6 @@ pub mod corpus;
 pub mod netns;
 pub mod nix;
 pub mod peers;
+pub mod swh;
+pub mod tarball_corpus;
 pub mod upstream;

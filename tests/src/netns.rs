@@ -219,6 +219,7 @@ impl Host {
             .arg("daemon")
             .args(args)
             .env_remove("IPNIX_REPO")
+            .env("IPNIX_NO_SWH", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -377,7 +378,8 @@ impl HostDaemon {
         cmd.arg("--repo")
             .arg(&self.repo)
             .args(args)
-            .env_remove("IPNIX_REPO");
+            .env_remove("IPNIX_REPO")
+            .env("IPNIX_NO_SWH", "1");
         cmd
     }
 

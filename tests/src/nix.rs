@@ -459,6 +459,8 @@ impl Daemon {
             ])
             .args(extra)
             .env_remove("IPNIX_REPO")
+            // Never the public Software Heritage archive in a test.
+            .env("IPNIX_NO_SWH", "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)

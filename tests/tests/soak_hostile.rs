@@ -45,7 +45,9 @@ fn daemon_survives_a_hostile_peer_while_serving_nix_and_kubo() {
         .arg(ipnix_bin())
         .arg("--json-out")
         .arg(report.path())
-        .current_dir(&root);
+        .current_dir(&root)
+        // Off the public Software Heritage archive (the ipnix it starts inherits this).
+        .env("IPNIX_NO_SWH", "1");
     if let Some(closure) = &closure {
         cmd.args(["--closure", &closure.top]);
     }

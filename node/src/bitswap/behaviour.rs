@@ -9,7 +9,7 @@ use super::handler::{
 };
 use super::server::{Reply, Server, ServerLimits};
 use super::source::BlockSource;
-use super::stats::{Stats, StatsHandle, StatsSnapshot};
+use super::stats::{Direction, Stats, StatsHandle, StatsSnapshot};
 use super::{Config, Event, Penalty, WantError, WantId, WantOptions};
 use crate::net::transport::is_quic;
 use cid::Cid;
@@ -282,9 +282,19 @@ impl Behaviour {
 
     fn send_reply(&mut self, reply: Reply) {
         let blocks = reply.message.blocks.len() as u64;
+        let first = reply.message.blocks.first().map(|(cid, _)| *cid);
         if self.send(reply.peer, reply.message, true) {
             Stats::add(&self.stats.blocks_sent, blocks);
             Stats::add(&self.stats.block_bytes_sent, reply.block_bytes as u64);
+            if let Some(first) = first {
+                self.stats.transfers.record(
+                    Direction::Out,
+                    reply.peer,
+                    first,
+                    blocks,
+                    reply.block_bytes as u64,
+                );
+            }
             Stats::add(&self.stats.haves_sent, reply.haves as u64);
             Stats::add(&self.stats.dont_haves_sent, reply.dont_haves as u64);
         }

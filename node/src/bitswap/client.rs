@@ -12,7 +12,7 @@
 //! blocks delivered in the last seconds answer repeat wants at once.
 
 use super::handler::{Entry, OutMessage};
-use super::stats::Stats;
+use super::stats::{Direction, Stats};
 use super::wire::{Presence, WantType};
 use super::{Event, Version, WantError, WantFailure, WantId, WantOptions};
 use bytes::Bytes;
@@ -625,6 +625,9 @@ impl Client {
             self.keep_delivered(cid, data.clone(), from, now);
             Stats::add(&self.stats.blocks_received, 1);
             Stats::add(&self.stats.block_bytes_received, data.len() as u64);
+            self.stats
+                .transfers
+                .record(Direction::In, from, cid, 1, data.len() as u64);
             self.events.push_back(Event::Block { cid, data, from });
             return BlockVerdict::Delivered;
         }

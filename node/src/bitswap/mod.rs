@@ -31,7 +31,7 @@ pub mod wire;
 
 pub use behaviour::Behaviour;
 pub use source::{BlockSource, MemoryBlockSource, ReadBlocks};
-pub use stats::{StatsHandle, StatsSnapshot};
+pub use stats::{Direction, StatsHandle, StatsSnapshot, Transfer, TRANSFERS_KEPT};
 pub use wire::{Presence, WantType};
 
 use bytes::Bytes;

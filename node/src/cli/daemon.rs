@@ -4,9 +4,8 @@
 //! forwarded CLI commands inside it.
 
 use super::{error_line, execute, Ctx, Io};
-use crate::{Cli, Command, DaemonArgs, DagCommand, NixCommand, PinCommand, SourcesCommand};
+use crate::{Command, DaemonArgs, DagCommand, NixCommand, PinCommand, SourcesCommand};
 use anyhow::Context as _;
-use clap::Parser;
 use ipnix_node::daemon::{self, DaemonConfig, DaemonError, Ready};
 use ipnix_node::http::api::{CommandIo, CommandRequest, CommandRunner};
 use ipnix_node::net::{read_swarm_key, Multiaddr, NetConfig, NodeHandle};
@@ -25,14 +24,14 @@ const REPO_WAIT: Duration = Duration::from_secs(30);
 const QUIET_WAIT: Duration = Duration::from_millis(500);
 
 pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
+    let settings = ipnix_node::config::Config::load(repo.root())?;
+    let args = with_settings(args, settings);
     let mut net = NetConfig::new(repo.identity()?);
-    if !args.listen.is_empty() {
-        net.listen = args
-            .listen
-            .iter()
-            .map(|a| parse_multiaddr(a, "--listen"))
-            .collect::<anyhow::Result<_>>()?;
-    }
+    net.listen = args
+        .listen
+        .iter()
+        .map(|a| parse_multiaddr(a, "--listen"))
+        .collect::<anyhow::Result<_>>()?;
     net.bootstrap = args
         .bootstrap
         .iter()
@@ -51,10 +50,10 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         );
         net.swarm_key = Some(key);
     }
-    let http = args
-        .http
+    let http_text = args.http.clone().unwrap_or_default();
+    let http = http_text
         .parse()
-        .map_err(|e| anyhow::anyhow!("--http {}: {e} (expected IP:PORT)", args.http))?;
+        .map_err(|e| anyhow::anyhow!("--http {http_text}: {e} (expected IP:PORT)"))?;
     let api = match &args.api {
         Some(text) => {
             let addr: SocketAddr = text
@@ -81,6 +80,7 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let rpc = rpc_listen(&args)?;
     let trusted_keys = trusted_public_keys(&args)?;
     if sign_key.is_none() && !trusted_keys.is_empty() {
         eprintln!("ipnix: --trusted-public-keys only matters with --sign-key; nothing is signed");
@@ -96,8 +96,10 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
         api,
         sign_key,
         trusted_keys,
-        peer_timeout: std::time::Duration::from_millis(args.peer_timeout),
-        fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+        peer_timeout: std::time::Duration::from_millis(args.peer_timeout.unwrap_or_default()),
+        fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.unwrap_or(1).max(1)),
+        rpc,
+        swh: super::swh::config_at(&std::env::current_dir()?, &args.swh)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,6 +135,38 @@ pub fn run(repo: Repo, args: DaemonArgs) -> anyhow::Result<()> {
     drop(daemon_lock);
     println!("daemon stopped");
     Ok(())
+}
+
+/// The flags, with the repo's settings (`REPO/config`) wherever a flag was
+/// not given: a given flag always wins. Switches can only move away from the
+/// setting (`--no-mdns` turns mDNS off, `--public` the public DHT on).
+fn with_settings(mut args: DaemonArgs, settings: ipnix_node::config::Config) -> DaemonArgs {
+    if args.listen.is_empty() {
+        args.listen = settings.addresses.swarm;
+    }
+    args.http.get_or_insert(settings.addresses.http);
+    if args.api.is_none() {
+        args.api = settings.addresses.api;
+    }
+    if args.bootstrap.is_empty() {
+        args.bootstrap = settings.bootstrap;
+    }
+    args.no_mdns |= !settings.discovery.mdns.enabled;
+    args.public |= settings.routing.public;
+    if args.swarm_key.is_none() {
+        args.swarm_key = settings.swarm.key_file;
+    }
+    if args.sign_key.is_none() {
+        args.sign_key = settings.nix.sign_key_file;
+    }
+    if args.trusted_public_keys.is_empty() && args.trusted_public_keys_file.is_none() {
+        args.trusted_public_keys = settings.nix.trusted_public_keys;
+    }
+    args.share_paths |= settings.nix.share_paths;
+    args.peer_timeout.get_or_insert(settings.timeouts.peer_ms);
+    args.fetch_timeout
+        .get_or_insert(settings.timeouts.fetch_secs);
+    args
 }
 
 /// Takes the repo's daemon lock. Held by a daemon that serves its API: fails
@@ -242,6 +276,29 @@ fn trusted_public_keys(args: &DaemonArgs) -> anyhow::Result<Vec<ipnix_bridge::na
     Ok(keys)
 }
 
+/// `--rpc`: an address (required to bind), `off`, or Kubo's port by default
+/// (skipped with a warning when taken).
+fn rpc_listen(args: &DaemonArgs) -> anyhow::Result<Option<ipnix_node::daemon::RpcListen>> {
+    use ipnix_node::http::rpc::{DEFAULT_ADDR, DEFAULT_MAX_BODY};
+    let max_body = args.rpc_max_body.unwrap_or(DEFAULT_MAX_BODY);
+    let (text, required) = match args.rpc.as_deref() {
+        Some("off") => return Ok(None),
+        Some(text) => (text, true),
+        None => (DEFAULT_ADDR, false),
+    };
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--rpc {text}: {e} (expected IP:PORT on loopback, or off)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(DaemonError::RpcNotLoopback(addr).into());
+    }
+    Ok(Some(ipnix_node::daemon::RpcListen {
+        addr,
+        required,
+        max_body,
+    }))
+}
+
 fn parse_multiaddr(text: &str, flag: &str) -> anyhow::Result<Multiaddr> {
     text.parse()
         .map_err(|e| anyhow::anyhow!("{flag} {text:?} is not a multiaddr: {e}"))
@@ -263,6 +320,9 @@ fn print_ready(ready: &Ready) {
             ready.http
         );
         println!("control API (loopback only) on http://{}", ready.api);
+    }
+    if let Some(rpc) = ready.rpc {
+        println!("Kubo RPC API (loopback only) on http://{rpc}/api/v0");
     }
     println!("daemon is ready");
     // Scripts wait for this line; make sure it leaves the process now.
@@ -286,7 +346,7 @@ impl CommandRunner for DaemonRunner {
             mut stderr,
         } = io;
         let argv = std::iter::once("ipnix".to_string()).chain(request.args);
-        let cli = match Cli::try_parse_from(argv) {
+        let cli = match super::examples::parse(argv) {
             Ok(cli) => cli,
             Err(e) => {
                 let _ = write!(stderr, "{}", e.render());

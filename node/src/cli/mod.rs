@@ -3,18 +3,22 @@
 //! it), builds the context commands run in, and turns errors into one clear
 //! line on stderr and a non-zero exit code.
 
+mod config;
 mod daemon;
+mod docs;
+mod examples;
 mod files;
 mod network;
 mod nix;
 mod progress;
+mod recipe;
 mod remote;
 mod sources;
 mod store;
+mod swh;
 
 use crate::{Cli, Command};
 use anyhow::Context as _;
-use clap::Parser;
 use ipnix_node::repo::Repo;
 use ipnix_store::Store;
 use std::ffi::OsString;
@@ -88,7 +92,7 @@ pub struct Io<'a> {
 /// Entry point of the binary; returns the exit code.
 pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match examples::parse(&args) {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version to stdout and usage errors to stderr itself.
@@ -158,6 +162,19 @@ fn run_cli(cli: Cli, args: &[OsString]) -> anyhow::Result<i32> {
         Command::Daemon(args) => {
             let repo = Repo::open_or_init(&root)?;
             daemon::run(repo, args)?;
+            return Ok(0);
+        }
+        // These read no store and need no daemon: they run here, always.
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock())?;
+            return Ok(0);
+        }
+        Command::Man { output } => {
+            docs::man(output.as_deref(), &mut std::io::stdout().lock())?;
+            return Ok(0);
+        }
+        Command::Config(command) => {
+            config::run(&root, command, cli.json, &mut std::io::stdout().lock())?;
             return Ok(0);
         }
         _ => {}
@@ -283,6 +300,9 @@ pub fn execute(ctx: &Ctx, command: Command, io: &mut Io<'_>) -> anyhow::Result<(
         Command::Init | Command::Daemon(_) => {
             anyhow::bail!("`init` and `daemon` cannot run inside a running daemon")
         }
+        Command::Completions { shell } => docs::completions(shell, io.stdout),
+        Command::Man { output } => docs::man(output.map(|p| ctx.path(&p)).as_deref(), io.stdout),
+        Command::Config(command) => config::run(ctx.repo.root(), command, ctx.json, io.stdout),
         Command::Add(args) => files::add(ctx, args, io),
         Command::Cat { cid } => files::cat(ctx, &cid, io),
         Command::Get { cid, output } => files::get(ctx, &cid, &output, io),
@@ -293,12 +313,13 @@ pub fn execute(ctx: &Ctx, command: Command, io: &mut Io<'_>) -> anyhow::Result<(
         Command::Dag(cmd) => store::dag(ctx, cmd, io),
         Command::Id => network::id(ctx, io),
         Command::Peers => network::peers(ctx, io),
+        Command::Stats => network::stats(ctx, io),
         Command::Connect { multiaddr } => network::connect(ctx, &multiaddr, io),
         Command::Provide { cid } => network::provide(ctx, &cid, io),
         Command::Findprovs { cid, num } => network::findprovs(ctx, &cid, num, io),
         Command::Nix(cmd) => nix::run(ctx, cmd, io),
         Command::Sources(cmd) => sources::run(ctx, cmd, io),
-        Command::Swh(cmd) => sources::swh(ctx, cmd, io),
+        Command::Swh(cmd) => swh::run(ctx, cmd, io),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `ipnix id`, `peers`, `connect`, `provide` and `findprovs`: questions for
-//! the libp2p node (all but `id` need the daemon).
+//! `ipnix id`, `peers`, `stats`, `connect`, `provide` and `findprovs`:
+//! questions for the libp2p node (all but `id` need the daemon).
 
 use super::{parse_cid, print_json, Ctx, Io};
 use std::time::Duration;
@@ -53,6 +53,7 @@ pub fn peers(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
             .map(|p| {
                 serde_json::json!({
                     "peer_id": p.peer_id.to_string(),
+                    "addr": ipnix_node::summary::peer_address(p),
                     "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                     "agent": p.agent,
                 })
@@ -60,11 +61,76 @@ pub fn peers(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
             .collect();
         return print_json(io.stdout, &serde_json::json!({"peers": list}));
     }
-    for p in peers {
-        match p.addrs.first() {
-            Some(addr) => writeln!(io.stdout, "{addr}/p2p/{}", p.peer_id)?,
-            None => writeln!(io.stdout, "{}", p.peer_id)?,
-        }
+    for p in &peers {
+        writeln!(io.stdout, "{}", ipnix_node::summary::peer_address(p))?;
+    }
+    Ok(())
+}
+
+/// `ipnix stats`: Bitswap's blocks and bytes in and out (what the status
+/// page calls bandwidth) and the recent transfers, newest first.
+pub fn stats(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
+    use ipnix_node::bitswap::Direction;
+    let (node, runtime) = ctx.node()?;
+    let stats = runtime.block_on(node.stats())?;
+    let b = &stats.bitswap;
+    let way = |d: Direction| match d {
+        Direction::In => "in",
+        Direction::Out => "out",
+    };
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    if ctx.json {
+        let transfers: Vec<_> = stats
+            .transfers
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "direction": way(t.direction), "peer": t.peer.to_string(),
+                    "first": t.first.to_string(), "blocks": t.blocks, "bytes": t.bytes,
+                    "started": unix(t.started), "last": unix(t.last),
+                })
+            })
+            .collect();
+        return print_json(
+            io.stdout,
+            &serde_json::json!({
+                "peers": stats.peers, "connections": stats.connections,
+                "blocks_in": b.blocks_received, "bytes_in": b.block_bytes_received,
+                "blocks_out": b.blocks_sent, "bytes_out": b.block_bytes_sent,
+                "transfers": transfers,
+            }),
+        );
+    }
+    writeln!(
+        io.stdout,
+        "peers: {} ({} connections)",
+        stats.peers, stats.connections
+    )?;
+    writeln!(
+        io.stdout,
+        "in:  {} bytes in {} blocks",
+        b.block_bytes_received, b.blocks_received
+    )?;
+    writeln!(
+        io.stdout,
+        "out: {} bytes in {} blocks",
+        b.block_bytes_sent, b.blocks_sent
+    )?;
+    for t in &stats.transfers {
+        writeln!(
+            io.stdout,
+            "{}\t{}\t{}\t{}\t{} blocks\t{} bytes",
+            unix(t.last),
+            way(t.direction),
+            t.peer,
+            t.first,
+            t.blocks,
+            t.bytes
+        )?;
     }
     Ok(())
 }

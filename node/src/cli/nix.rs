@@ -1,4 +1,4 @@
-//! `ipnix nix import|export|info`: Nix store paths as git-tree DAGs with a
+//! `ipnix nix import|export|info|ls`: Nix store paths as git-tree DAGs with a
 //! path-info. Import reads the local Nix (`nix path-info --json`, `nix-store
 //! --dump`) or an existing binary cache, dependencies first, checking every
 //! NAR hash; each path commits in one store transaction together with its
@@ -16,7 +16,7 @@ use crate::NixCommand;
 use anyhow::Context as _;
 use cid::Cid;
 use ipnix_bridge::cache_client::{CacheClient, CacheError};
-use ipnix_bridge::export::{export_dir, export_nar, load_pathinfo, ExportError};
+use ipnix_bridge::export::{load_pathinfo, ExportError};
 use ipnix_bridge::hash::{check_hash_part, StorePath, DEFAULT_STORE_DIR};
 use ipnix_bridge::import::{import_nar, Imported};
 use ipnix_bridge::narinfo::NarInfo;
@@ -51,7 +51,39 @@ pub fn run(ctx: &Ctx, cmd: NixCommand, io: &mut Io<'_>) -> anyhow::Result<()> {
             export(ctx, &path, nar.as_deref(), dir.as_deref(), io)
         }
         NixCommand::Info { path } => info(ctx, &path, io),
+        NixCommand::Ls => ls(ctx, io),
     }
+}
+
+/// `ipnix nix ls`: every indexed store path with its status, as the status
+/// page counts them (`ipnix_node::summary`).
+fn ls(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
+    use ipnix_node::summary;
+    let mut sources = std::collections::HashSet::new();
+    summary::sources_lists(&ctx.store, None, Some(&mut sources))?;
+    for path in summary::nix_paths(&ctx.store, &sources)? {
+        let store_path = summary::store_path_of(&ctx.store, &path.pathinfo);
+        let origin = if path.local_nix { "local-nix" } else { "other" };
+        if ctx.json {
+            print_json(
+                io.stdout,
+                &serde_json::json!({
+                    "path": store_path, "hashPart": path.hash_part,
+                    "pathinfo": path.pathinfo.to_string(),
+                    "status": path.status.as_str(), "origin": origin,
+                }),
+            )?;
+        } else {
+            writeln!(
+                io.stdout,
+                "{}\t{}\t{}\t{origin}",
+                store_path.as_deref().unwrap_or(&path.hash_part),
+                path.status.as_str(),
+                path.pathinfo,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A store path argument: `/nix/store/<hash>-<name>` (a path inside it, or a
@@ -492,7 +524,13 @@ fn export(
                 inner: &mut *io.stdout,
                 bar: bar(ctx.progress, total, "exporting"),
             };
-            let summary = export_nar(&blocks, &target.cid, &mut out).with_context(|| {
+            let summary = ipnix_bridge::export_nar_with(
+                &blocks,
+                &target.cid,
+                &mut out,
+                &ipnix_sources::tarball::RecipeRebuilder::new(&blocks),
+            )
+            .with_context(|| {
                 format!("cannot export {what}; the NAR written to stdout is incomplete or wrong")
             })?;
             out.bar.finish_and_clear();
@@ -522,7 +560,12 @@ fn export(
         (None, Some(dest)) => {
             let dest = ctx.path(dest);
             let progress = bar(ctx.progress, None, "materialising");
-            let summary = export_dir(&blocks, &target.cid, &dest);
+            let summary = ipnix_bridge::export_dir_with(
+                &blocks,
+                &target.cid,
+                &dest,
+                &ipnix_sources::tarball::RecipeRebuilder::new(&blocks),
+            );
             progress.finish_and_clear();
             let summary =
                 summary.with_context(|| format!("cannot export {what} to {}", dest.display()))?;
@@ -568,7 +611,12 @@ fn write_nar_file(
             inner: std::io::BufWriter::with_capacity(1 << 20, out),
             bar: bar(ctx.progress, total, "exporting"),
         };
-        let summary = export_nar(&blocks, cid, &mut out)?;
+        let summary = ipnix_bridge::export_nar_with(
+            &blocks,
+            cid,
+            &mut out,
+            &ipnix_sources::tarball::RecipeRebuilder::new(&blocks),
+        )?;
         out.bar.finish_and_clear();
         let out = out.inner.into_inner().map_err(|e| e.into_error())?;
         out.sync_all()?;

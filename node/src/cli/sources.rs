@@ -4,7 +4,7 @@
 //! into lines or JSON.
 
 use super::{print_json, Ctx, Io};
-use crate::{SourcesCommand, SwhCommand};
+use crate::SourcesCommand;
 use anyhow::Context as _;
 use ipnix_bridge::{FileIngestion, NixHash};
 use ipnix_sources::fetch::{FetchConfig, Fetcher, Sink};
@@ -30,11 +30,13 @@ pub fn run(ctx: &Ctx, command: SourcesCommand, io: &mut Io<'_>) -> anyhow::Resul
             from_store,
             max_bytes,
             cacert,
+            swh,
         } => {
             let bytes = read_list(ctx, &file, cacert.as_deref())?;
             let parsed = SourcesFile::parse(&bytes).with_context(|| file.clone())?;
             let name = name.unwrap_or_else(|| pin::default_name(&parsed));
-            let config = pin_config(ctx, jobs, from_store, max_bytes, cacert.as_deref());
+            let config = pin_config(ctx, jobs, from_store, max_bytes, cacert.as_deref())
+                .with_swh(super::swh::config(ctx, &swh)?);
             let report = run_pin(ctx, &parsed, &name, Vec::new(), &config)?;
             summarise(ctx, io, &report)
         }
@@ -78,7 +80,15 @@ pub fn run(ctx: &Ctx, command: SourcesCommand, io: &mut Io<'_>) -> anyhow::Resul
             hash,
             output,
             cacert,
-        } => get(ctx, io, &hash, &ctx.path(&output), cacert.as_deref()),
+            swh,
+        } => {
+            let swh = super::swh::config(ctx, &swh)?;
+            get(ctx, io, &hash, &ctx.path(&output), cacert.as_deref(), swh)
+        }
+        SourcesCommand::Disassemble { file } => super::recipe::disassemble(ctx, io, &file),
+        SourcesCommand::Reassemble { what, output } => {
+            super::recipe::reassemble(ctx, io, &what, &output)
+        }
         SourcesCommand::Unpin { name } => {
             if !pin::unpin_list(&ctx.store, &name)? {
                 anyhow::bail!(
@@ -334,31 +344,18 @@ fn selected_lists(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<(String, 
 }
 
 fn status(ctx: &Ctx, io: &mut Io<'_>, name: Option<&str>) -> anyhow::Result<()> {
-    for (name, cid) in selected_lists(ctx, name)? {
-        let root = list::load_root(&ctx.store, &cid)?;
-        let mut failed: BTreeMap<String, u64> = BTreeMap::new();
-        let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
-        let (mut ok, mut bytes, mut last) = (0u64, 0u64, 0u64);
-        list::for_each_entry(&ctx.store, &root, |e| {
-            last = last.max(e.attempted);
-            let reason = e.reason.clone().unwrap_or_default();
-            match e.status.as_str() {
-                "ok" => {
-                    ok += 1;
-                    bytes += e.size.unwrap_or(0);
-                }
-                "failed" => *failed.entry(reason).or_default() += 1,
-                _ => *skipped.entry(reason).or_default() += 1,
-            }
-        })?;
+    // The status page counts with the same function.
+    for list in ipnix_node::summary::sources_lists(&ctx.store, name, None)? {
+        let (name, cid, last, ok, bytes) =
+            (&list.name, list.cid, list.last_attempt, list.ok, list.bytes);
         if ctx.json {
             print_json(
                 io.stdout,
                 &serde_json::json!({
-                    "name": name, "list": cid.to_string(), "revision": root.revision,
-                    "total": root.total, "ok": ok,
-                    "failed": failed.values().sum::<u64>(), "failures": failed,
-                    "skipped": skipped.values().sum::<u64>(), "skips": skipped,
+                    "name": name, "list": cid.to_string(), "revision": list.revision,
+                    "total": list.total, "ok": ok,
+                    "failed": list.failed(), "failures": list.failures,
+                    "skipped": list.skipped(), "skips": list.skips,
                     "bytes": bytes, "last_attempt": last,
                 }),
             )?;
@@ -366,14 +363,14 @@ fn status(ctx: &Ctx, io: &mut Io<'_>, name: Option<&str>) -> anyhow::Result<()> 
             writeln!(
                 io.stdout,
                 "{name} ({cid}): {} entries, {ok} ok ({bytes} bytes), {} failed, {} skipped; last attempt {last} (unix)",
-                root.total,
-                failed.values().sum::<u64>(),
-                skipped.values().sum::<u64>()
+                list.total,
+                list.failed(),
+                list.skipped()
             )?;
-            for (reason, n) in &failed {
+            for (reason, n) in &list.failures {
                 writeln!(io.stdout, "  failed {reason}: {n}")?;
             }
-            for (reason, n) in &skipped {
+            for (reason, n) in &list.skips {
                 writeln!(io.stdout, "  skipped {reason}: {n}")?;
             }
         }
@@ -437,8 +434,10 @@ fn get(
     query: &str,
     output: &Path,
     cacert: Option<&Path>,
+    swh: Option<ipnix_sources::swh::SwhConfig>,
 ) -> anyhow::Result<()> {
     let hash = parse_query(query)?;
+    let mut mode = None;
     anyhow::ensure!(
         !output.exists(),
         "{} exists; give a new path to -o",
@@ -454,6 +453,7 @@ fn get(
                 Err(e) => tracing::warn!("{} in the store is unusable: {e:#}", hash.to_sri()),
             }
         }
+        mode = Some(record.ingestion());
         if record.ingestion() == FileIngestion::Flat {
             urls = record.urls;
         }
@@ -484,21 +484,111 @@ fn get(
             urls.push(url);
         }
     }
-    anyhow::ensure!(
-        !urls.is_empty(),
-        "no source with hash {} is known here (not pinned, no URL recorded)",
-        hash.to_sri()
-    );
-    let mut config = FetchConfig::default();
-    if let Some(ca) = cacert {
-        config = config.with_extra_root_certs(ctx.path(ca));
+    if mode.is_none() {
+        mode = recorded_mode(ctx, &hash)?;
     }
-    let fetcher = Fetcher::new(config)?;
-    write_verified(output, &hash, |sink| {
-        fetcher.fetch(&urls, sink)?;
-        Ok(())
-    })?;
-    report_get(ctx, io, &hash, output, "upstream")
+    let from_urls = if urls.is_empty() {
+        Err(anyhow::anyhow!(
+            "no source with hash {} is known here (not pinned, no URL recorded)",
+            hash.to_sri()
+        ))
+    } else {
+        let mut config = FetchConfig::default();
+        if let Some(ca) = cacert {
+            config = config.with_extra_root_certs(ctx.path(ca));
+        }
+        let fetcher = Fetcher::new(config)?;
+        write_verified(output, &hash, |sink| {
+            fetcher.fetch(&urls, sink)?;
+            Ok(())
+        })
+    };
+    let failed = match from_urls {
+        Ok(()) => return report_get(ctx, io, &hash, output, "upstream"),
+        Err(e) => e,
+    };
+    let Some(swh) = swh else {
+        return Err(failed);
+    };
+    match get_from_swh(ctx, &hash, mode, output, swh) {
+        Ok(()) => report_get(ctx, io, &hash, output, "swh"),
+        Err(e) => Err(failed.context(format!("Software Heritage: {e:#}"))),
+    }
+}
+
+/// `sources get` from Software Heritage: a flat file through the hash
+/// check, a recursive tree after its NAR hash is checked. Unknown mode:
+/// flat first, then recursive.
+fn get_from_swh(
+    ctx: &Ctx,
+    hash: &NixHash,
+    mode: Option<FileIngestion>,
+    output: &Path,
+    config: ipnix_sources::swh::SwhConfig,
+) -> anyhow::Result<()> {
+    use ipnix_sources::swh::{Recovered, SwhClient, SwhError};
+    let client = SwhClient::new(config)?;
+    let work = ctx.repo.root().join("tmp");
+    let modes = match mode {
+        Some(mode) => vec![mode],
+        None => vec![FileIngestion::Flat, FileIngestion::Recursive],
+    };
+    let mut last = None;
+    for mode in modes {
+        let attempt = match mode {
+            FileIngestion::Flat => write_verified(output, hash, |sink| {
+                match client.recover(&ctx.store, mode, hash, &work, sink)? {
+                    Recovered::File { .. } => Ok(()),
+                    Recovered::ArchivedUnpacked { swhid } => anyhow::bail!(
+                        "Software Heritage holds it only unpacked, as {swhid}, and no recipe here rebuilds the tarball (archived-unpacked)"
+                    ),
+                    other => anyhow::bail!("unexpected recovery {other:?}"),
+                }
+            }),
+            FileIngestion::Recursive => {
+                let mut unused: Vec<u8> = Vec::new();
+                match client.recover(&ctx.store, mode, hash, &work, &mut unused) {
+                    Ok(Recovered::Tree { root, work, .. }) => {
+                        let written = super::swh::write_tree(&root, hash, output);
+                        drop(work);
+                        written
+                    }
+                    Ok(other) => Err(anyhow::anyhow!("unexpected recovery {other:?}")),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let not_found = matches!(e.downcast_ref::<SwhError>(), Some(SwhError::NotFound(_)));
+                last = Some(e);
+                if !not_found {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("not archived")))
+}
+
+/// The mode a pinned list records for `hash`, if any.
+fn recorded_mode(ctx: &Ctx, hash: &NixHash) -> anyhow::Result<Option<FileIngestion>> {
+    let sri = hash.to_sri();
+    let mut mode = None;
+    for (_, cid) in pin::lists(&ctx.store)? {
+        let root = list::load_root(&ctx.store, &cid)?;
+        list::for_each_entry(&ctx.store, &root, |e| {
+            if mode.is_none() && e.hash.as_deref() == Some(sri.as_str()) {
+                mode = Some(if e.mode == "recursive" {
+                    FileIngestion::Recursive
+                } else {
+                    FileIngestion::Flat
+                });
+            }
+        })?;
+    }
+    Ok(mode)
 }
 
 /// Writes a source held in the store to `output`: a flat file through a
@@ -519,8 +609,13 @@ fn write_stored(
         }),
         FileIngestion::Recursive => {
             let blocks = ctx.blocks();
-            ipnix_bridge::export_dir(&blocks, cid, output)
-                .with_context(|| format!("cannot write {}", output.display()))?;
+            ipnix_bridge::export_dir_with(
+                &blocks,
+                cid,
+                output,
+                &ipnix_sources::tarball::RecipeRebuilder::new(&blocks),
+            )
+            .with_context(|| format!("cannot write {}", output.display()))?;
             Ok(())
         }
     }
@@ -596,30 +691,6 @@ fn write_verified(
     temp.persist_noclobber(output)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {}", output.display(), e.error))?;
     Ok(())
-}
-
-/// `ipnix swh ...`.
-pub fn swh(ctx: &Ctx, command: SwhCommand, io: &mut Io<'_>) -> anyhow::Result<()> {
-    match command {
-        SwhCommand::Id { paths } => {
-            for path in paths {
-                // Like `swh identify`, a symlink named on the command line is followed.
-                let full = std::fs::canonicalize(ctx.path(&path))
-                    .with_context(|| format!("{}", path.display()))?;
-                let swhid = ipnix_bridge::swhid::of_path(&full)
-                    .with_context(|| format!("{}", path.display()))?;
-                if ctx.json {
-                    print_json(
-                        io.stdout,
-                        &serde_json::json!({"path": path, "swhid": swhid}),
-                    )?;
-                } else {
-                    writeln!(io.stdout, "{swhid}\t{}", path.display())?;
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 /// The SWHID of a stored source's content (`swh:1:cnt:` for a file,

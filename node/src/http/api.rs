@@ -150,30 +150,7 @@ impl Access {
         headers: &HeaderMap,
         authority: Option<&str>,
     ) -> Result<(), Refused> {
-        if !client.ip().is_loopback() {
-            return Err(Refused::NotLoopbackClient(client.ip()));
-        }
-        let host = match headers.get(header::HOST) {
-            Some(value) => value.to_str().unwrap_or_default().to_string(),
-            None => authority.ok_or(Refused::NoHost)?.to_string(),
-        };
-        // A page after DNS rebinding reaches 127.0.0.1 but names its own host.
-        if split_loopback_authority(&host).is_none() {
-            return Err(Refused::ForeignHost(host));
-        }
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or_default();
-            if !self.is_own_origin(origin) {
-                return Err(Refused::ForeignOrigin(origin.to_string()));
-            }
-        }
-        if let Some(site) = headers.get("sec-fetch-site") {
-            let site = site.to_str().unwrap_or_default();
-            // "none": typed by the user; "same-origin": the API's own origin.
-            if !matches!(site, "none" | "same-origin") {
-                return Err(Refused::CrossSite(site.to_string()));
-            }
-        }
+        check_local_request(client, headers, authority, self.port)?;
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -186,15 +163,49 @@ impl Access {
         }
         Ok(())
     }
+}
 
-    /// `http://` + a loopback host + the API's port: the only pages that may
-    /// call the API are ones it served itself (it serves none).
-    fn is_own_origin(&self, origin: &str) -> bool {
-        origin
+/// The checks of [`Access::check`] that need no token: a loopback client,
+/// naming a loopback host (`Host`, else the URI's `authority`), from no
+/// foreign web origin (`Origin`, `Sec-Fetch-Site`). `port` is the listener's
+/// own port: `http://` + a loopback host + that port is the only origin
+/// allowed, a page the listener served itself. The Kubo RPC listener
+/// (`http::rpc`), which like Kubo's takes no token, uses this alone.
+pub fn check_local_request(
+    client: SocketAddr,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+    port: u16,
+) -> Result<(), Refused> {
+    if !client.ip().is_loopback() {
+        return Err(Refused::NotLoopbackClient(client.ip()));
+    }
+    let host = match headers.get(header::HOST) {
+        Some(value) => value.to_str().unwrap_or_default().to_string(),
+        None => authority.ok_or(Refused::NoHost)?.to_string(),
+    };
+    // A page after DNS rebinding reaches 127.0.0.1 but names its own host.
+    if split_loopback_authority(&host).is_none() {
+        return Err(Refused::ForeignHost(host));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let own = origin
             .strip_prefix("http://")
             .and_then(split_loopback_authority)
-            .is_some_and(|port| port.unwrap_or(80) == self.port)
+            .is_some_and(|origin_port| origin_port.unwrap_or(80) == port);
+        if !own {
+            return Err(Refused::ForeignOrigin(origin.to_string()));
+        }
     }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or_default();
+        // "none": typed by the user; "same-origin": the listener's own origin.
+        if !matches!(site, "none" | "same-origin") {
+            return Err(Refused::CrossSite(site.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// `Some(port)` when `authority` is `localhost`, an address in 127.0.0.0/8 or

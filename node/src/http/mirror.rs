@@ -38,6 +38,8 @@ pub struct MirrorState {
     pub node: Option<NodeHandle>,
     /// How a miss is asked of peers (`--peer-timeout`, `--fetch-timeout`).
     pub peers: FindConfig,
+    /// Last: Software Heritage, for pinned lists' failed entries.
+    pub swh: Option<Arc<crate::http::swh::SwhFallback>>,
 }
 
 impl std::fmt::Debug for MirrorState {
@@ -103,6 +105,11 @@ pub async fn serve(
     let mut found = open_local(&state.store, &hash).await;
     if let (Ok(Ok(None)), Some(node)) = (&found, &state.node) {
         if from_peers(state, node, &hash).await {
+            found = open_local(&state.store, &hash).await;
+        }
+    }
+    if let (Ok(Ok(None)), Some(swh)) = (&found, &state.swh) {
+        if swh.flat(&hash).await {
             found = open_local(&state.store, &hash).await;
         }
     }

@@ -37,7 +37,7 @@ use axum::Router;
 use bytes::Bytes;
 use cid::Cid;
 use ipnix_bridge::ca::{ContentAddress, FileIngestion};
-use ipnix_bridge::export::{export_nar, load_pathinfo, ExportError};
+use ipnix_bridge::export::{load_pathinfo, ExportError};
 use ipnix_bridge::hash::{check_hash_part, HashAlgo, DEFAULT_STORE_DIR};
 use ipnix_bridge::narinfo::{NarInfo, PublicKey, SecretKey};
 use ipnix_bridge::PathInfo;
@@ -262,6 +262,8 @@ pub struct NixCacheState {
     /// Path fetches started and not yet finished, by path-info CID: a NAR
     /// request joins the fetch its narinfo request started.
     fetches: Arc<Mutex<HashMap<Cid, PathFetch>>>,
+    /// Last: Software Heritage, for pinned lists' failed fixed-output paths.
+    swh: Option<Arc<crate::http::swh::SwhFallback>>,
 }
 
 /// `None` while a path fetch runs, then its outcome.
@@ -323,7 +325,15 @@ impl NixCacheState {
             background_fetches: Arc::new(Semaphore::new(BACKGROUND_FETCHES)),
             prompt_fetches: Arc::new(Semaphore::new(PROMPT_FETCHES)),
             fetches: Arc::default(),
+            swh: None,
         }
+    }
+
+    /// Asks Software Heritage for a fixed-output path of a pinned list's
+    /// failed entry that neither the store nor the peers have.
+    pub fn with_swh(mut self, swh: Option<Arc<crate::http::swh::SwhFallback>>) -> Self {
+        self.swh = swh;
+        self
     }
 
     /// How long one block may take from peers before a NAR fails.
@@ -579,6 +589,7 @@ async fn narinfo(
             node: state.node.clone(),
             peers: crate::sourceshare::FindConfig::new(state.peer_timeout)
                 .with_fetch_timeout(state.fetch_timeout),
+            swh: state.swh.clone(),
         };
         return crate::http::mirror::serve(&mirror, &method, &format!("/{file}"), &headers).await;
     };
@@ -613,6 +624,19 @@ async fn narinfo(
             }
         },
         (None, None) => None,
+    };
+    let found = match (found, &state.swh) {
+        (None, Some(swh)) if swh.store_path(&hash_part).await => {
+            let blocks = state.blocks();
+            let store = state.store.clone();
+            let hash_part = hash_part.clone();
+            tokio::task::spawn_blocking(move || find_pathinfo(&store, &blocks, &hash_part))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        }
+        (found, _) => found,
     };
     let Some((cid, info)) = found else {
         return text(
@@ -792,7 +816,12 @@ async fn render_nar(blocks: NetworkBlocks, cid: Cid, store_path: String, tx: mps
             tx: tx.clone(),
         };
         let started = Instant::now();
-        let outcome = match export_nar(&blocks, &cid, &mut writer) {
+        let outcome = match ipnix_bridge::export_nar_with(
+            &blocks,
+            &cid,
+            &mut writer,
+            &ipnix_sources::tarball::RecipeRebuilder::new(&blocks),
+        ) {
             Ok(_) => writer.release().map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

@@ -37,6 +37,8 @@ pub struct NodeStats {
     pub provided_keys: usize,
     /// Bitswap's counters: blocks and bytes sent and received, wantlist sizes.
     pub bitswap: StatsSnapshot,
+    /// The last few Bitswap transfers, newest first.
+    pub transfers: Vec<crate::bitswap::Transfer>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;

@@ -1362,6 +1362,7 @@ impl SwarmTask {
             public_dht_peers,
             provided_keys,
             bitswap,
+            transfers: behaviour.bitswap.stats_handle().recent_transfers(),
         }
     }
 

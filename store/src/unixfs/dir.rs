@@ -118,7 +118,7 @@ fn add_non_dir<W: BlockWrite>(
 }
 
 /// A UnixFS Symlink node holding `target` (Kubo writes no filesize for it).
-pub(crate) fn add_symlink<W: BlockWrite>(
+pub fn add_symlink<W: BlockWrite>(
     w: &mut W,
     target: &[u8],
     params: &Params,
@@ -135,8 +135,11 @@ pub(crate) fn add_symlink<W: BlockWrite>(
     })
 }
 
-/// Writes a directory from its finished entries (in name order).
-fn write_directory<W: BlockWrite>(
+/// Writes a directory from its finished entries (in name order): one
+/// Directory node, or a HAMT shard past [`HAMT_SHARDING_THRESHOLD`]; `size`
+/// is the sum of its files' lengths. Importers that build a tree from
+/// something other than a local path (the Kubo RPC `add`) use this.
+pub fn write_directory<W: BlockWrite>(
     w: &mut W,
     entries: Vec<Entry>,
     size: u64,

@@ -18,9 +18,9 @@ pub(crate) const FANOUT: usize = 256;
 /// The largest fanout accepted when reading (larger ones are a known DoS).
 pub(crate) const MAX_READ_FANOUT: u64 = 1024;
 
-/// One directory entry waiting to be placed in a shard.
+/// One directory entry waiting to be placed in a directory node or shard.
 #[derive(Debug, Clone)]
-pub(crate) struct Entry {
+pub struct Entry {
     pub name: String,
     pub cid: Cid,
     pub tsize: u64,

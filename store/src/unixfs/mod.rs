@@ -23,8 +23,9 @@ mod hamt;
 pub(crate) mod pb;
 mod reader;
 
-pub use dir::{add_path, HAMT_SHARDING_THRESHOLD};
+pub use dir::{add_path, add_symlink, write_directory, HAMT_SHARDING_THRESHOLD};
 pub use file::add_file;
+pub use hamt::Entry as DirLink;
 pub use reader::{
     cat, for_each_entry, get_to_path, ls, stat, DirEntry, FileReader, GetStats, NodeKind, Stat,
 };
