@@ -20,6 +20,9 @@ missing). Prints a table with medians and the ratio ipnix / static cache.
 import argparse
 import json
 import os
+
+# Benchmarks never reach Software Heritage's public archive (DESIGN.md I-34).
+os.environ["IPNIX_NO_SWH"] = "1"
 import random
 import shutil
 import signal

@@ -27,6 +27,8 @@
 #      SECTIONS (default "import copy dedup"; e.g. SECTIONS=dedup runs only that part),
 #      BENCH_DIR (default /tmp/ipnix-nix-bench, wiped), TOOLCHAIN (tree to use).
 set -euo pipefail
+# Benchmarks never reach Software Heritage's public archive (DESIGN.md I-34).
+export IPNIX_NO_SWH=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SHARED=${IPNIX_SHARED:-$ROOT/../shared}
 if [ -z "${IPNIX_SANDBOXED:-}" ]; then
