@@ -114,6 +114,33 @@ pub struct NixLab {
 }
 
 impl NixLab {
+    /// `nix-prefetch-url --unpack file://PATH`: the recursive (fetchzip)
+    /// hash Nix itself computes for an archive, SHA-256.
+    pub fn prefetch_unpack(&self, path: &Path) -> ipnix_bridge::NixHash {
+        let url = format!("file://{}", path.display());
+        let out = self.ok("nix-prefetch-url", &["--unpack", "--type", "sha256", &url]);
+        ipnix_bridge::NixHash::parse(&format!("sha256:{}", out.lines().last().expect("a hash")))
+            .expect("nix-prefetch-url prints a hash")
+    }
+
+    /// `nix-store --print-fixed-path`: the fixed-output path Nix gives
+    /// `name` with this content hash.
+    pub fn print_fixed_path(
+        &self,
+        recursive: bool,
+        hash: &ipnix_bridge::NixHash,
+        name: &str,
+    ) -> String {
+        let digest = hash.nix32_digest();
+        let algo = hash.algo().to_string();
+        let mut args = vec!["--print-fixed-path"];
+        if recursive {
+            args.push("--recursive");
+        }
+        args.extend([algo.as_str(), digest.as_str(), name]);
+        self.ok("nix-store", &args)
+    }
+
     /// A lab, or `None` after printing `SKIP:` when Nix is missing.
     pub fn new(test: &str) -> Option<NixLab> {
         if let Some(reason) = nix_missing() {

@@ -13,31 +13,10 @@ use ipnix_tests::corpus::{self, CorpusFile, Registry};
 use ipnix_tests::nix::{stderr_of, NixLab};
 use ipnix_tests::upstream::{http_request, Upstream, UpstreamOptions};
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// The URL path of a corpus file under the upstream's root.
 fn rel(file: &CorpusFile) -> String {
     format!("{}/{}", file.registry.as_str(), file.file_name)
-}
-
-/// `nix-prefetch-url --unpack file://PATH`: the recursive (fetchzip) hash
-/// Nix itself computes for an archive, as nix32 SHA-256.
-fn prefetch_unpack(lab: &NixLab, path: &Path) -> NixHash {
-    let url = format!("file://{}", path.display());
-    let out = lab.ok("nix-prefetch-url", &["--unpack", "--type", "sha256", &url]);
-    NixHash::parse(&format!("sha256:{}", out.lines().last().expect("a hash")))
-        .expect("nix-prefetch-url prints a hash")
-}
-
-fn print_fixed_path(lab: &NixLab, recursive: bool, hash: &NixHash, name: &str) -> String {
-    let digest = hash.nix32_digest();
-    let algo = hash.algo().to_string();
-    let mut args = vec!["--print-fixed-path"];
-    if recursive {
-        args.push("--recursive");
-    }
-    args.extend([algo.as_str(), digest.as_str(), name]);
-    lab.ok("nix-store", &args)
 }
 
 fn ls(ipnix: &Ipnix, name: &str) -> Vec<Value> {
@@ -111,7 +90,7 @@ fn sources_pin_serves_real_tarballs_to_stock_nix() {
     recursive.extend(corpus.files.iter().find(|f| f.file_name.ends_with(".zip")));
     let mut recursive_hashes = Vec::new();
     for file in recursive {
-        let hash = prefetch_unpack(&lab, &file.path);
+        let hash = lab.prefetch_unpack(&file.path);
         sources.push(json!({
             "type": "url", "urls": [upstream.http_url(&format!("/f/{}", rel(file)))],
             "integrity": hash.to_sri(), "outputHashMode": "recursive",
@@ -171,12 +150,8 @@ fn sources_pin_serves_real_tarballs_to_stock_nix() {
             .find(|e| e["hash"] == sri.as_str() && e["mode"] == "flat")
             .unwrap_or_else(|| panic!("{} listed", file.file_name));
         assert_eq!(entry["status"], "ok", "{entry}");
-        let want = print_fixed_path(
-            &lab,
-            false,
-            &NixHash::parse(&sri).expect("sri"),
-            &file.file_name,
-        );
+        let want =
+            lab.print_fixed_path(false, &NixHash::parse(&sri).expect("sri"), &file.file_name);
         assert_eq!(entry["store_path"], want.as_str(), "{}", file.file_name);
         assert_eq!(entry["size"], file.size, "{}", file.file_name);
         let blob = ipnix_tests::nix::git_blob_id(&file.read().expect("corpus"));
@@ -195,7 +170,7 @@ fn sources_pin_serves_real_tarballs_to_stock_nix() {
         assert_eq!(entry["status"], "ok", "{entry}");
         assert_eq!(
             entry["store_path"],
-            print_fixed_path(&lab, true, hash, "source").as_str()
+            lab.print_fixed_path(true, hash, "source").as_str()
         );
     }
     let mismatch = entries
@@ -283,7 +258,7 @@ fn sources_pin_serves_real_tarballs_to_stock_nix() {
     assert_eq!(unknown.status, 404);
 
     // Nix's builtin fetchurl, URL dead, through the hashed mirror.
-    let flat_path = print_fixed_path(&lab, false, &small.sha256, &small.file_name);
+    let flat_path = lab.print_fixed_path(false, &small.sha256, &small.file_name);
     lab.delete(std::slice::from_ref(&flat_path));
     let expr = format!(
         "import <nix/fetchurl.nix> {{ url = \"http://127.0.0.1:1/dead/{}\"; sha256 = \"{}\"; }}",
@@ -321,7 +296,7 @@ fn sources_pin_serves_real_tarballs_to_stock_nix() {
         (&recursive_hashes[0], "source", true),
         (&npm[1].published_hash, npm[1].file_name.as_str(), false),
     ] {
-        let path = print_fixed_path(&lab, recursive, hash, name);
+        let path = lab.print_fixed_path(recursive, hash, name);
         let out = lab.copy_from(&url, &to, &path, &[]);
         assert_success(&out, &["nix copy --from", &url, &path]);
     }

@@ -23,23 +23,6 @@ fn skip_reason() -> Option<String> {
     ipnix_tests::swh::unusable().or_else(ipnix_tests::upstream::unusable)
 }
 
-fn nix_prefetch_unpack(lab: &NixLab, path: &Path) -> NixHash {
-    let url = format!("file://{}", path.display());
-    let out = lab.ok("nix-prefetch-url", &["--unpack", "--type", "sha256", &url]);
-    NixHash::parse(&format!("sha256:{}", out.lines().last().expect("a hash"))).expect("hash")
-}
-
-fn print_fixed_path(lab: &NixLab, recursive: bool, hash: &NixHash, name: &str) -> String {
-    let digest = hash.nix32_digest();
-    let algo = hash.algo().to_string();
-    let mut args = vec!["--print-fixed-path"];
-    if recursive {
-        args.push("--recursive");
-    }
-    args.extend([algo.as_str(), digest.as_str(), name]);
-    lab.ok("nix-store", &args)
-}
-
 fn ls(ipnix: &Ipnix, name: &str) -> Vec<Value> {
     ipnix
         .ok(&["sources", "ls", name, "--json"])
@@ -119,7 +102,7 @@ fn dead_sources_come_back_from_swh_and_stock_nix_substitutes_them() {
         .next()
         .expect("an npm tarball");
     let (patch, patch_hash) = patch_file(&lab.path(""));
-    let recursive_hash = nix_prefetch_unpack(&lab, &six.path);
+    let recursive_hash = lab.prefetch_unpack(&six.path);
     let swh = SwhServer::start(&SwhOptions {
         tarballs: vec![six.path.clone()],
         contents: vec![patch.clone(), npm.path.clone()],
@@ -193,8 +176,8 @@ fn dead_sources_come_back_from_swh_and_stock_nix_substitutes_them() {
         "the bundle came from the redirect host"
     );
     // The stored paths are the ones Nix computes.
-    let recursive_path = print_fixed_path(&lab, true, &recursive_hash, "source");
-    let flat_path = print_fixed_path(&lab, false, &patch_hash, "fix-build.patch");
+    let recursive_path = lab.print_fixed_path(true, &recursive_hash, "source");
+    let flat_path = lab.print_fixed_path(false, &patch_hash, "fix-build.patch");
     assert!(entries
         .iter()
         .any(|e| e["store_path"] == recursive_path.as_str()));
@@ -253,7 +236,7 @@ fn a_bundle_whose_nar_hash_does_not_match_is_refused_and_nothing_pinned() {
         .from_registry(Registry::CratesIo)
         .find(|f| f.size < 200_000)
         .expect("a small crate");
-    let hash = nix_prefetch_unpack(&lab, &crate_file.path);
+    let hash = lab.prefetch_unpack(&crate_file.path);
     let swh = SwhServer::start(&SwhOptions {
         tarballs: vec![crate_file.path.clone()],
         cook_polls: 2,
@@ -558,7 +541,7 @@ fn the_daemon_asks_swh_for_failed_entries_when_nix_asks() {
         .find(|f| f.size < 300_000)
         .expect("a small npm tarball");
     let (patch, patch_hash) = patch_file(&lab.path(""));
-    let recursive_hash = nix_prefetch_unpack(&lab, &npm_tarball.path);
+    let recursive_hash = lab.prefetch_unpack(&npm_tarball.path);
     let swh = SwhServer::start(&SwhOptions {
         tarballs: vec![npm_tarball.path.clone()],
         contents: vec![patch.clone()],
@@ -603,12 +586,12 @@ fn the_daemon_asks_swh_for_failed_entries_when_nix_asks() {
         "asked SWH for a hash no list records"
     );
     // nix copy of the recursive path: the narinfo miss goes to SWH.
-    let recursive_path = print_fixed_path(&lab, true, &recursive_hash, "source");
+    let recursive_path = lab.print_fixed_path(true, &recursive_hash, "source");
     let to = lab.path("other-store");
     let out = lab.copy_from(&daemon.url, &to, &recursive_path, &[]);
     assert_success(&out, &["nix copy --from", &daemon.url, &recursive_path]);
     // builtin fetchurl: the hashed-mirror miss goes to SWH.
-    let flat_path = print_fixed_path(&lab, false, &patch_hash, "fix-build.patch");
+    let flat_path = lab.print_fixed_path(false, &patch_hash, "fix-build.patch");
     lab.delete(std::slice::from_ref(&flat_path));
     let expr = format!(
         "import <nix/fetchurl.nix> {{ url = \"http://127.0.0.1:1/dead/fix-build.patch\"; sha256 = \"{}\"; }}",
